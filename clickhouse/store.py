@@ -1,0 +1,219 @@
+"""Stores: where rows end up. A ClickHouse server (native protocol) or embedded chDB.
+
+Both are synchronous; callers on an event loop run them in one dedicated thread (see
+:class:`clickhouse.sink.Sink`). ``insert`` takes the Kafka message values as they arrived, so a store
+decides how to encode them: columnar blocks for the server, JSONEachRow text for chDB.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import ujson
+
+from clickhouse.dialect import Dialect, parse_version
+from clickhouse.schema import MIGRATIONS, MIGRATIONS_TABLE, TABLE_COLUMNS, migrations_table_ddl, pending
+from eventpipe.config import StoreURL
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_TOKEN = re.compile(r"^[A-Za-z0-9_.:\-]{1,256}$")
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaRow:
+    """One message value (a JSON object) and where it came from."""
+
+    value: bytes
+    timestamp_ms: int
+    offset: int
+    partition: int
+
+
+class Result:
+    def __init__(self, columns: list[str], types: list[str], rows: list[tuple[Any, ...]]) -> None:
+        self.columns, self.types, self.rows = columns, types, rows
+
+    def dicts(self) -> list[dict[str, Any]]:
+        return [dict(zip(self.columns, row, strict=True)) for row in self.rows]
+
+
+class Store(Protocol):
+    dialect: Dialect
+
+    def execute(self, sql: str) -> None: ...
+
+    def query(self, sql: str, params: dict[str, Any] | None = None) -> Result: ...
+
+    def insert(self, table: str, rows: Sequence[KafkaRow], dedup_token: str | None) -> None: ...
+
+    def insert_values(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _check_token(token: str | None) -> str | None:
+    if token is not None and not _TOKEN.match(token):
+        raise ValueError(f"unsafe deduplication token {token!r}")
+    return token
+
+
+class ServerStore:
+    """A ClickHouse server over the native protocol with clickhouse-driver (columnar inserts)."""
+
+    def __init__(self, url: StoreURL) -> None:
+        from clickhouse_driver import Client
+
+        if not _IDENT.match(url.database):
+            raise ValueError(f"invalid database name {url.database!r}")
+        self.url = url
+        # The database is created on first use, like the tables, so a fresh server needs no set-up.
+        bootstrap = Client(host=url.host, port=url.port, user=url.user, password=url.password, connect_timeout=5)
+        try:
+            bootstrap.execute(f"CREATE DATABASE IF NOT EXISTS `{url.database}`")
+        finally:
+            bootstrap.disconnect()
+        self.client = Client(
+            host=url.host,
+            port=url.port,
+            user=url.user,
+            password=url.password,
+            database=url.database,
+            connect_timeout=5,
+            send_receive_timeout=60,
+            compression=False,
+            settings={"use_numpy": False},
+        )
+        self.dialect = Dialect(parse_version(self.client.execute("SELECT version()")[0][0]))
+        self._types: dict[str, dict[str, str]] = {}
+
+    def execute(self, sql: str) -> None:
+        self.client.execute(sql)
+
+    def query(self, sql: str, params: dict[str, Any] | None = None) -> Result:
+        rows, meta = self.client.execute(sql, params or None, with_column_types=True)
+        return Result([m[0] for m in meta], [m[1] for m in meta], [tuple(r) for r in rows])
+
+    def _column_types(self, table: str) -> dict[str, str]:
+        if table not in self._types:
+            described = self.client.execute(f"DESCRIBE TABLE {table}")
+            self._types[table] = {r[0]: r[1] for r in described}
+        return self._types[table]
+
+    def insert(self, table: str, rows: Sequence[KafkaRow], dedup_token: str | None) -> None:
+        columns = TABLE_COLUMNS[table]
+        types = self._column_types(table)
+        parsed = [ujson.loads(r.value) for r in rows]
+        data: list[list[Any]] = []
+        for name in columns:
+            if name == "_timestamp":
+                data.append([datetime.fromtimestamp(r.timestamp_ms / 1000, UTC).replace(microsecond=0) for r in rows])
+            elif name == "_offset":
+                data.append([r.offset for r in rows])
+            elif name == "_partition":
+                data.append([r.partition for r in rows])
+            else:
+                data.append([_to_python(types[name], p.get(name)) for p in parsed])
+        settings: dict[str, Any] = {}
+        if _check_token(dedup_token) and self.dialect.supports_dedup_token:
+            settings["insert_deduplication_token"] = dedup_token
+        cols = ", ".join(f"`{c}`" for c in columns)
+        self.client.execute(f"INSERT INTO {table} ({cols}) VALUES", data, columnar=True, settings=settings)
+
+    def insert_values(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        cols = ", ".join(f"`{c}`" for c in columns)
+        self.client.execute(f"INSERT INTO {table} ({cols}) VALUES", [tuple(r) for r in rows])
+
+    def close(self) -> None:
+        self.client.disconnect()
+
+
+def _to_python(type_: str, value: Any) -> Any:
+    """A JSON value -> what clickhouse-driver expects for a column type."""
+    if type_.startswith("DateTime"):
+        if isinstance(value, int | float):
+            return datetime.fromtimestamp(value, UTC)
+        return datetime.fromisoformat(value).replace(tzinfo=UTC) if value else datetime.fromtimestamp(0, UTC)
+    if type_ == "UUID":
+        return uuid.UUID(value) if value else uuid.UUID(int=0)
+    if type_.startswith(("Int", "UInt")):
+        return int(value or 0)
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else ujson.dumps(value)
+
+
+class ChdbStore:
+    """Embedded ClickHouse (chDB). Only one process may open a data directory: see clickhouse.owner."""
+
+    def __init__(self, url: StoreURL) -> None:
+        from chdb import session
+
+        assert url.path is not None
+        url.path.mkdir(parents=True, exist_ok=True)
+        self.url = url
+        self.session = session.Session(str(url.path))
+        version = self.session.query("SELECT version()", "TabSeparated").bytes().decode().strip()
+        self.dialect = Dialect(parse_version(version))
+
+    def execute(self, sql: str) -> None:
+        self.session.query(sql, "TabSeparated")
+
+    def query(self, sql: str, params: dict[str, Any] | None = None) -> Result:
+        res = self.session.query(sql, "JSONCompact", params=params or None)
+        raw = res.bytes()
+        if not raw.strip():
+            return Result([], [], [])
+        doc = ujson.loads(raw)
+        meta = doc.get("meta", [])
+        return Result([m["name"] for m in meta], [m["type"] for m in meta], [tuple(r) for r in doc.get("data", [])])
+
+    def insert(self, table: str, rows: Sequence[KafkaRow], dedup_token: str | None) -> None:
+        columns = ", ".join(f"`{c}`" for c in TABLE_COLUMNS[table])
+        token = _check_token(dedup_token)
+        settings = f" SETTINGS insert_deduplication_token='{token}'" if token and self.dialect.supports_dedup_token else ""
+        # Message values are JSON objects written by our processors; append the Kafka coordinates by
+        # splicing bytes instead of re-encoding each row.
+        body = b"\n".join(
+            b"%s,\"_timestamp\":%d,\"_offset\":%d,\"_partition\":%d}"
+            % (r.value.rstrip()[:-1], r.timestamp_ms // 1000, r.offset, r.partition)
+            for r in rows
+        )
+        sql = f"INSERT INTO {table} ({columns}){settings} FORMAT JSONEachRow\n"
+        self.session.query(sql + body.decode("utf-8", "replace"), "TabSeparated")
+
+    def insert_values(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        cols = ", ".join(f"`{c}`" for c in columns)
+        body = "\n".join(ujson.dumps(dict(zip(columns, r, strict=True)), default=str) for r in rows)
+        self.session.query(f"INSERT INTO {table} ({cols}) FORMAT JSONEachRow\n{body}", "TabSeparated")
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def open_store(url: StoreURL) -> Store:
+    return ChdbStore(url) if url.kind == "chdb" else ServerStore(url)
+
+
+def migrate(store: Store, dry_run: bool = False) -> list[str]:
+    """Apply pending migrations in order; returns the SQL run (or that would run, with dry_run)."""
+    statements: list[str] = [migrations_table_ddl()]
+    applied: set[int] = set()
+    if not dry_run:
+        store.execute(statements[0])
+        applied = {int(r[0]) for r in store.query(f"SELECT number FROM {MIGRATIONS_TABLE}").rows}
+    for m in pending(applied):
+        sqls = m.render(store.dialect)
+        statements += sqls
+        if dry_run:
+            continue
+        for sql in sqls:
+            store.execute(sql)
+        applied_at = datetime.now(UTC).replace(microsecond=0, tzinfo=None)
+        store.insert_values(MIGRATIONS_TABLE, ("number", "name", "applied_at"), [(m.number, m.name, applied_at)])
+    assert all(m.number > 0 for m in MIGRATIONS)
+    return statements

@@ -1,0 +1,188 @@
+"""The one contract for an event in flight, imported by every stage.
+
+Two messages cross Kafka between our stages:
+
+* :class:`RawEvent` — written by the gateway to ``<prefix>events_raw``, key ``token:distinct_id`` so
+  one user's events stay in order on one partition. ``data`` is the event as the client sent it
+  (normalised: ``event``, ``properties``, ``$set``, ``$set_once``, ``$unset`` …); the envelope fields
+  are what the gateway knows better than the client (receive time, IP, the final timestamp).
+* an *event row* — written by the processors to ``<prefix>clickhouse_events``: a JSON object whose
+  keys are exactly :data:`EVENT_ROW_COLUMNS`, ready for ``INSERT … FORMAT JSONEachRow``. The sink adds
+  the Kafka coordinates (``_timestamp``, ``_offset``, ``_partition``) at insert time.
+
+Timestamps everywhere are UTC strings ``YYYY-MM-DD HH:MM:SS.ffffff`` (what ClickHouse parses for
+DateTime64(6) and what :func:`format_ts` writes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import ujson
+
+TS_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+NIL_UUID = "00000000-0000-0000-0000-000000000000"
+
+
+def format_ts(dt: datetime) -> str:
+    """UTC datetime -> ``YYYY-MM-DD HH:MM:SS.ffffff`` (naive datetimes are taken as UTC)."""
+    if dt.tzinfo is not None:
+        dt = dt.astimezone(UTC).replace(tzinfo=None)
+    return dt.strftime(TS_FORMAT)
+
+
+def parse_ts(text: str) -> datetime:
+    """Inverse of :func:`format_ts`; returns an aware UTC datetime."""
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Kafka topic names, all under one configurable prefix."""
+
+    prefix: str = "eventpipe_"
+
+    @property
+    def raw_events(self) -> str:
+        return f"{self.prefix}events_raw"
+
+    @property
+    def teams(self) -> str:
+        return f"{self.prefix}teams"
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}clickhouse_events"
+
+    @property
+    def ingestion_warnings(self) -> str:
+        return f"{self.prefix}clickhouse_ingestion_warnings"
+
+    @property
+    def dead_letters(self) -> str:
+        return f"{self.prefix}events_dlq"
+
+    def group(self, stage: str) -> str:
+        """Consumer group (and Faust app id) of a stage; prefixed so stacks sharing a broker stay apart."""
+        return f"{self.prefix}{stage}"
+
+    def sink_tables(self) -> dict[str, str]:
+        """Topic -> ClickHouse table the sink writes it to."""
+        return {self.events: "events", self.ingestion_warnings: "ingestion_warnings"}
+
+
+@dataclass(slots=True)
+class RawEvent:
+    """A captured event as the gateway publishes it (topic ``events_raw``)."""
+
+    uuid: str
+    distinct_id: str
+    token: str
+    event: str
+    timestamp: str  # final event time after skew correction, see docs/timestamps.md
+    now: str  # when the gateway received the request
+    data: dict[str, Any]
+    sent_at: str | None = None
+    ip: str | None = None
+    site_url: str = ""
+    warnings: list[dict[str, Any]] = field(default_factory=list)
+
+    def key(self) -> bytes:
+        return f"{self.token}:{self.distinct_id}".encode()
+
+    def to_json(self) -> bytes:
+        return ujson.dumps(asdict(self), ensure_ascii=False).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> RawEvent:
+        obj = ujson.loads(raw)
+        if not isinstance(obj, dict):
+            raise ValueError("raw event is not a JSON object")
+        return cls(**obj)
+
+
+# Column order of the event rows the processors emit; the sink inserts exactly these (plus the Kafka
+# coordinates) and clickhouse/schema.py checks the events table against it.
+EVENT_ROW_COLUMNS: tuple[str, ...] = (
+    "uuid",
+    "event",
+    "properties",
+    "timestamp",
+    "team_id",
+    "distinct_id",
+    "elements_chain",
+    "created_at",
+    "person_id",
+    "person_properties",
+    "$group_0",
+    "$group_1",
+    "$group_2",
+    "$group_3",
+    "$group_4",
+)
+
+WARNING_ROW_COLUMNS: tuple[str, ...] = ("team_id", "type", "source", "details", "timestamp")
+
+# What the sink appends to every row from the Kafka message it came in.
+KAFKA_COLUMNS: tuple[str, ...] = ("_timestamp", "_offset", "_partition")
+
+
+def event_row(
+    *,
+    uuid: str,
+    event: str,
+    properties: dict[str, Any],
+    timestamp: str,
+    team_id: int,
+    distinct_id: str,
+    created_at: str,
+    person_id: str = NIL_UUID,
+    person_properties: dict[str, Any] | None = None,
+    groups: tuple[str, str, str, str, str] = ("", "", "", "", ""),
+    elements_chain: str = "",
+) -> dict[str, Any]:
+    """Build one ClickHouse-ready event row (keys = :data:`EVENT_ROW_COLUMNS`)."""
+    return {
+        "uuid": uuid,
+        "event": event,
+        "properties": ujson.dumps(properties, ensure_ascii=False),
+        "timestamp": timestamp,
+        "team_id": team_id,
+        "distinct_id": distinct_id,
+        "elements_chain": elements_chain,
+        "created_at": created_at,
+        "person_id": person_id,
+        "person_properties": ujson.dumps(person_properties or {}, ensure_ascii=False),
+        "$group_0": groups[0],
+        "$group_1": groups[1],
+        "$group_2": groups[2],
+        "$group_3": groups[3],
+        "$group_4": groups[4],
+    }
+
+
+def warning_row(team_id: int, type_: str, source: str, details: dict[str, Any], timestamp: str) -> dict[str, Any]:
+    """An ingestion warning row (table ``ingestion_warnings``)."""
+    return {
+        "team_id": team_id,
+        "type": type_,
+        "source": source,
+        "details": ujson.dumps(details, ensure_ascii=False),
+        "timestamp": timestamp,
+    }
+
+
+def dead_letter(reason: str, raw: bytes, source: str, timestamp: str) -> dict[str, Any]:
+    """A dead-letter message: why, where, and the untouched payload."""
+    return {
+        "reason": reason,
+        "source": source,
+        "timestamp": timestamp,
+        "raw": raw.decode("utf-8", "replace"),
+    }
+
+
+def now_ts() -> str:
+    return format_ts(datetime.now(UTC))

@@ -1,0 +1,187 @@
+"""Kafka edges shared by every stage: topic creation, producer settings, the live team registry."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from eventpipe.config import Settings
+from eventpipe.contract import Topics, now_ts
+from eventpipe.teams import Registry, Team, new_api_key
+
+log = logging.getLogger(__name__)
+
+
+def topics_for(settings: Settings) -> Topics:
+    return Topics(settings.topic_prefix)
+
+
+def topic_specs(settings: Settings) -> list[NewTopic]:
+    t = topics_for(settings)
+    n = settings.partitions
+    specs = [NewTopic(name, n, 1) for name in (t.raw_events, t.events, t.ingestion_warnings, t.dead_letters)]
+    # One partition gives the registry a total order, which the team-id ownership rule relies on.
+    specs.append(NewTopic(t.teams, 1, 1, topic_configs={"cleanup.policy": "compact"}))
+    return specs
+
+
+async def ensure_topics(settings: Settings, specs: Iterable[NewTopic] | None = None, timeout_s: float = 30) -> None:
+    """Create the project's topics if missing (idempotent; safe to race from several processes)."""
+    wanted = list(specs if specs is not None else topic_specs(settings))
+    deadline = time.monotonic() + timeout_s
+    while True:
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10_000)
+        try:
+            await admin.start()
+            existing = set(await admin.list_topics())
+            missing = [s for s in wanted if s.name not in existing]
+            for spec in missing:
+                with contextlib.suppress(TopicAlreadyExistsError):
+                    await admin.create_topics([spec])
+            return
+        except KafkaError as exc:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Kafka at {settings.kafka_bootstrap} unreachable: {exc!r}") from exc
+            await asyncio.sleep(0.5)
+        finally:
+            await admin.close()
+
+
+def producer(settings: Settings, **overrides: object) -> AIOKafkaProducer:
+    """Producer with the durability every stage needs: acks=all, idempotence, short linger."""
+    opts: dict[str, object] = {
+        "bootstrap_servers": settings.kafka_bootstrap,
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": 5,
+        "max_batch_size": 1024 * 1024,
+        "max_request_size": 2 * 1024 * 1024,
+        "compression_type": None,
+        "request_timeout_ms": 30_000,
+    }
+    opts.update(overrides)
+    return AIOKafkaProducer(**opts)  # type: ignore[arg-type]
+
+
+class RegistryReader:
+    """Tails the compacted teams topic into a :class:`Registry` held in memory.
+
+    Lookups are dict reads. A key the registry doesn't know triggers :meth:`catch_up` (coalesced across
+    concurrent callers), which waits until the reader has consumed up to the topic's end offset — so
+    a team created a moment ago is found, while unknown keys cost one metadata round trip, not a miss.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.registry = Registry()
+        self._tp = TopicPartition(topics_for(settings).teams, 0)
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._position = 0
+        self._advanced = asyncio.Event()
+        self._catching_up: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    async def start(self) -> None:
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            group_id=None,
+        )
+        await self._consumer.start()
+        self._consumer.assign([self._tp])
+        await self._consumer.seek_to_beginning(self._tp)
+        self._task = asyncio.create_task(self._run(), name="team-registry")
+        await self.catch_up(timeout_s=30)
+        self._ready.set()
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._consumer:
+            await self._consumer.stop()
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        while True:
+            batches = await self._consumer.getmany(self._tp, timeout_ms=500)
+            for msg in batches.get(self._tp, []):
+                self.registry.apply(msg.offset, (msg.key or b"").decode(), msg.value)
+            self._position = await self._consumer.position(self._tp)
+            self._advanced.set()
+            self._advanced.clear()
+
+    async def catch_up(self, timeout_s: float = 5.0) -> None:
+        """Wait until everything written to the registry before this call has been applied."""
+        if self._catching_up is None or self._catching_up.done():
+            self._catching_up = asyncio.create_task(self._catch_up(timeout_s))
+        await asyncio.shield(self._catching_up)
+
+    async def _catch_up(self, timeout_s: float) -> None:
+        assert self._consumer is not None
+        end = (await self._consumer.end_offsets([self._tp]))[self._tp]
+        deadline = time.monotonic() + timeout_s
+        while self._position < end:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"team registry not caught up in {timeout_s}s ({self._position}/{end})")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._advanced.wait(), left)
+
+    def team_id(self, api_key: str) -> int | None:
+        return self.registry.team_id(api_key)
+
+    async def resolve(self, api_key: str) -> int | None:
+        """Team id for ``api_key``; on a miss, catch up with the topic once before answering None."""
+        if not self._ready.is_set():
+            await self._ready.wait()
+        team_id = self.registry.team_id(api_key)
+        if team_id is None:
+            try:
+                await self.catch_up()
+            except (TimeoutError, KafkaError):
+                log.warning("team registry catch-up failed; treating key as unknown", exc_info=True)
+            team_id = self.registry.team_id(api_key)
+        return team_id
+
+
+async def create_team(settings: Settings, name: str, attempts: int = 10) -> Team:
+    """Append a new team with a fresh api key; retries on a lost team-id race (see eventpipe.teams)."""
+    await ensure_topics(settings)
+    reader = RegistryReader(settings)
+    prod = producer(settings)
+    await reader.start()
+    await prod.start()
+    try:
+        for _ in range(attempts):
+            team = Team(reader.registry.next_team_id(), name, new_api_key(), now_ts())
+            await prod.send_and_wait(reader._tp.topic, team.to_json(), key=team.api_key.encode())
+            await reader.catch_up(timeout_s=30)
+            if reader.registry.owns(team):
+                return team
+            # Another writer took this id first: withdraw our claim and try the next id.
+            await prod.send_and_wait(reader._tp.topic, None, key=team.api_key.encode())
+        raise RuntimeError(f"could not allocate a team id after {attempts} attempts")
+    finally:
+        await prod.stop()
+        await reader.stop()
+
+
+async def list_teams(settings: Settings) -> list[Team]:
+    await ensure_topics(settings)
+    reader = RegistryReader(settings)
+    await reader.start()
+    try:
+        return reader.registry.teams()
+    finally:
+        await reader.stop()

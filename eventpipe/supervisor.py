@@ -1,0 +1,229 @@
+"""``eventpipe run``: gateway, processors and sink as child processes, stopped in order.
+
+Children run in their own sessions so a terminal Ctrl-C reaches only the supervisor, which then stops
+the gateway first (no new events), then the processors, then the sink (which flushes its last batch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+
+from eventpipe.config import Settings
+from eventpipe.kafka import ensure_topics
+
+STAGES = ("gateway", "processor", "sink")
+CONSUMERS = ("processor", "sink")
+
+
+def run_dir(settings: Settings) -> Path:
+    path = settings.home / "run"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _say(msg: str) -> None:
+    print(f"[eventpipe] {msg}", flush=True)
+
+
+def mark_ready(settings: Settings, stage: str) -> None:
+    """Called by a stage once it consumes (partitions assigned): the supervisor waits for these."""
+    (run_dir(settings) / f"{stage}.ready").write_text(str(os.getpid()))
+
+
+def clear_ready(settings: Settings, stage: str) -> None:
+    (run_dir(settings) / f"{stage}.ready").unlink(missing_ok=True)
+
+
+def stages_ready(settings: Settings, stages: tuple[str, ...] = CONSUMERS) -> bool:
+    return all((run_dir(settings) / f"{s}.ready").exists() for s in stages)
+
+
+def gateway_ready(settings: Settings) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{settings.host}:{settings.port}/_ready", timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def curl_example(settings: Settings) -> str:
+    return (
+        f"curl -s http://{settings.host}:{settings.port}/capture/ -H 'Content-Type: application/json' "
+        '-d \'{"api_key": "<API_KEY>", "event": "signed_up", "properties": {"distinct_id": "user-1"}}\''
+    )
+
+
+class Supervisor:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.children: dict[str, subprocess.Popen[bytes]] = {}
+        self.stopping = False
+
+    def start_children(self) -> None:
+        for stage in CONSUMERS:
+            clear_ready(self.settings, stage)
+        for stage in STAGES:
+            self.children[stage] = subprocess.Popen(
+                [sys.executable, "-m", "eventpipe.cli", stage],
+                start_new_session=True,
+                env=os.environ.copy(),
+            )
+        # Recorded so `eventpipe down` can clean up even if this supervisor is killed outright.
+        pids = "\n".join(str(p.pid) for p in self.children.values())
+        (run_dir(self.settings) / "children.pids").write_text(pids)
+
+    def wait_ready(self, timeout_s: float = 120) -> None:
+        deadline = time.monotonic() + timeout_s
+        last = ""
+        while time.monotonic() < deadline:
+            self.check_children()
+            gw = gateway_ready(self.settings)
+            groups = stages_ready(self.settings)
+            if gw and groups:
+                return
+            status = f"waiting: gateway {'ready' if gw else 'starting'}, consumers {'ready' if groups else 'joining'}"
+            if status != last:
+                _say(status)
+                last = status
+            time.sleep(0.5)
+        raise TimeoutError(f"stack not ready in {timeout_s:.0f}s; see the stage logs above")
+
+    def check_children(self) -> None:
+        for stage, proc in self.children.items():
+            code = proc.poll()
+            if code is not None and not self.stopping:
+                raise RuntimeError(f"{stage} exited with code {code}")
+
+    def stop(self) -> None:
+        self.stopping = True
+        for stage in STAGES:  # in pipeline order: the sink flushes last
+            proc = self.children.get(stage)
+            if proc is None or proc.poll() is not None:
+                continue
+            _say(f"stopping {stage}")
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                _say(f"{stage} did not stop in 30 s; killing it")
+                proc.kill()
+                proc.wait()
+
+
+def run(settings: Settings) -> int:
+    asyncio.run(ensure_topics(settings))
+    sup = Supervisor(settings)
+    ready_file = run_dir(settings) / "ready"
+    ready_file.unlink(missing_ok=True)
+    stop_requested = False
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    code = 0
+    try:
+        _say(f"store: {settings.store.redacted()}  kafka: {settings.kafka_bootstrap}")
+        sup.start_children()
+        sup.wait_ready()
+        ready_file.write_text(str(os.getpid()))
+        _say(f"ready. capture URL: http://{settings.host}:{settings.port}/capture/")
+        _say("create a team:  eventpipe teams create --name demo")
+        _say(f"send an event:  {curl_example(settings)}")
+        _say('query:          eventpipe sql "SELECT event, distinct_id, timestamp FROM events"')
+        _say("Ctrl-C stops everything")
+        while True:
+            sup.check_children()
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        _say("shutting down")
+    except (RuntimeError, TimeoutError) as exc:
+        _say(f"error: {exc}")
+        code = 1
+    finally:
+        ready_file.unlink(missing_ok=True)
+        sup.stop()
+        _say("stopped")
+    return code
+
+
+def up(settings: Settings, timeout_s: float = 180) -> int:
+    """Start ``eventpipe run`` detached; return once it is ready (or fail, naming the log)."""
+    rd = run_dir(settings)
+    pidfile, logfile, ready_file = rd / "eventpipe.pid", rd / "eventpipe.log", rd / "ready"
+    if _alive(pidfile):
+        _say(f"already running (pid {pidfile.read_text().strip()})")
+        return 0
+    ready_file.unlink(missing_ok=True)
+    with logfile.open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "eventpipe.cli", "run"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+    pidfile.write_text(str(proc.pid))
+    deadline = time.monotonic() + timeout_s
+    while not ready_file.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            _say(f"eventpipe failed to start; see {logfile}")
+            if proc.poll() is None:
+                proc.terminate()
+            return 1
+        time.sleep(0.25)
+    _say(f"up: capture URL http://{settings.host}:{settings.port}/capture/ (logs: {logfile})")
+    _say(f"send an event:  {curl_example(settings)}")
+    return 0
+
+
+def down(settings: Settings) -> int:
+    pidfile = run_dir(settings) / "eventpipe.pid"
+    if not _alive(pidfile):
+        _say("not running")
+        pidfile.unlink(missing_ok=True)
+        return 0
+    pid = int(pidfile.read_text())
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.25)
+    else:
+        os.killpg(pid, signal.SIGKILL)
+    _kill_leftover_children(run_dir(settings) / "children.pids")
+    pidfile.unlink(missing_ok=True)
+    _say("down")
+    return 0
+
+
+def _kill_leftover_children(pids_file: Path) -> None:
+    try:
+        pids = [int(p) for p in pids_file.read_text().split()]
+    except (OSError, ValueError):
+        return
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            _say(f"killed leftover stage process {pid}")
+        except ProcessLookupError:
+            pass
+    pids_file.unlink(missing_ok=True)
+
+
+def _alive(pidfile: Path) -> bool:
+    try:
+        os.kill(int(pidfile.read_text()), 0)
+        return True
+    except (OSError, ValueError):
+        return False

@@ -1,0 +1,1 @@
+"""PostHog-compatible HTTP capture gateway: parse, validate, publish to Kafka, answer after the ack."""

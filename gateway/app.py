@@ -1,0 +1,189 @@
+"""aiohttp application: the public capture routes plus health, readiness and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
+
+from aiohttp import web
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from eventpipe.config import Settings
+from eventpipe.contract import RawEvent
+from eventpipe.kafka import RegistryReader, ensure_topics, producer, topics_for
+from gateway.decode import loads, payload_bytes
+from gateway.errors import CaptureError, invalid, too_large, unauthorized, unavailable
+from gateway.events import RequestContext, parse_events
+from gateway.metrics import Metrics
+from gateway.timestamps import parse_time
+
+log = logging.getLogger("eventpipe.gateway")
+
+CAPTURE_ROUTES = ("capture", "batch", "e", "track", "engage", "i/v0/e")
+
+PRODUCER = web.AppKey("producer", AIOKafkaProducer)
+REGISTRY = web.AppKey("registry", RegistryReader)
+SETTINGS = web.AppKey("settings", Settings)
+METRICS = web.AppKey("metrics", Metrics)
+
+
+def cors_headers(request: web.Request) -> dict[str, str]:
+    origin = request.headers.get("Origin")
+    headers = {
+        "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+        "Access-Control-Allow-Credentials": "true",
+        "Access-Control-Max-Age": "86400",
+        "Vary": "Origin",
+    }
+    headers["Access-Control-Allow-Origin"] = origin or "*"
+    requested = request.headers.get("Access-Control-Request-Headers")
+    headers["Access-Control-Allow-Headers"] = requested or "X-Requested-With, Content-Type, traceparent, request-id"
+    return headers
+
+
+def error_response(request: web.Request, err: CaptureError) -> web.Response:
+    return web.json_response(err.body(), status=err.status, headers=cors_headers(request))
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The request body, refusing more than ``limit`` bytes without buffering the excess."""
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large(f"Request body exceeds {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise too_large(f"Request body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def request_context(request: web.Request, route: str) -> RequestContext:
+    query = request.query
+    sent_at = parse_time(query.get("_")) if query.get("_") else None
+    peer = request.remote
+    return RequestContext(
+        now=datetime.now(UTC),
+        ip=peer,
+        site_url=f"{request.scheme}://{request.host}",
+        route=route,
+        query_token=query.get("token") or query.get("api_key"),
+        query_sent_at=sent_at,
+    )
+
+
+async def publish(app: web.Application, events: list[RawEvent]) -> None:
+    """Send every event and wait for Kafka's acks (acks=all); a timeout is a retryable 503."""
+    settings = app[SETTINGS]
+    prod = app[PRODUCER]
+    topic = topics_for(settings).raw_events
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(settings.produce_timeout_s):
+            futures = [await prod.send(topic, e.to_json(), key=e.key()) for e in events]
+            await asyncio.gather(*futures)
+    except (TimeoutError, KafkaError) as exc:
+        app[METRICS].errors.inc("server_error")
+        log.warning("kafka did not acknowledge %d events: %r", len(events), exc)
+        raise unavailable("Transient error, please retry: the event queue did not acknowledge in time.") from None
+    app[METRICS].produce_latency.observe(time.perf_counter() - started)
+
+
+async def capture(request: web.Request) -> web.StreamResponse:
+    route = request.path.strip("/")
+    metrics = request.app[METRICS]
+    metrics.requests.inc(route)
+    if request.method == "OPTIONS":
+        return web.Response(status=200, headers=cors_headers(request))
+    settings = request.app[SETTINGS]
+    try:
+        limit = settings.max_batch_body_bytes if route == "batch" else settings.max_body_bytes
+        body = await read_body(request, limit)
+        metrics.bytes.inc(route, len(body))
+        ctx = request_context(request, route)
+        try:
+            text = payload_bytes(
+                body,
+                request.headers.get("Content-Type", ""),
+                request.query,
+                request.headers.get("Content-Encoding", ""),
+                limit=max(limit, 100 * 1024 * 1024) if route == "batch" else 5 * limit,
+            )
+            token, events = parse_events(loads(text), ctx)
+        except CaptureError:
+            raise
+        except Exception as exc:  # bad input must never become a 5xx
+            log.info("unparseable capture request: %r", exc)
+            raise invalid("invalid_payload", "Malformed request data.") from None
+        if await request.app[REGISTRY].resolve(token) is None:
+            raise unauthorized("invalid_api_key", "Project API key invalid. You can find your project API key with `eventpipe teams list`.")
+        if events:
+            await publish(request.app, events)
+        metrics.events.inc(route, len(events))
+    except CaptureError as err:
+        metrics.errors.inc(err.code)
+        return error_response(request, err)
+    if request.query.get("beacon") == "1":
+        return web.Response(status=204, headers=cors_headers(request))
+    return web.json_response({"status": 1}, headers=cors_headers(request))
+
+
+async def health(_request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def ready(request: web.Request) -> web.Response:
+    try:
+        async with asyncio.timeout(2):
+            await request.app[PRODUCER].client.force_metadata_update()
+    except (TimeoutError, KafkaError) as exc:
+        return web.json_response({"status": "unavailable", "kafka": repr(exc)}, status=503)
+    return web.json_response({"status": "ok"})
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    return web.Response(text=request.app[METRICS].render(), content_type="text/plain")
+
+
+async def _on_startup(app: web.Application) -> None:
+    settings = app[SETTINGS]
+    await ensure_topics(settings)
+    app[REGISTRY] = RegistryReader(settings)
+    await app[REGISTRY].start()
+    app[PRODUCER] = producer(settings)
+    await app[PRODUCER].start()
+
+
+async def _on_cleanup(app: web.Application) -> None:
+    # Stop the producer first: it flushes what is in flight, so no acknowledged request is lost.
+    if PRODUCER in app:
+        await app[PRODUCER].stop()
+    if REGISTRY in app:
+        await app[REGISTRY].stop()
+
+
+def build_app(settings: Settings) -> web.Application:
+    app = web.Application(client_max_size=settings.max_batch_body_bytes + 1)
+    app[SETTINGS] = settings
+    app[METRICS] = Metrics()
+    for route in CAPTURE_ROUTES:
+        for path in (f"/{route}", f"/{route}/"):
+            for method in ("GET", "POST", "OPTIONS"):
+                app.router.add_route(method, path, capture)
+    app.router.add_get("/_health", health)
+    app.router.add_get("/_ready", ready)
+    app.router.add_get("/metrics", metrics_handler)
+    app.on_startup.append(_on_startup)
+    app.on_cleanup.append(_on_cleanup)
+    return app
+
+
+def serve(settings: Settings) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = build_app(settings)
+    log.info("capture gateway on http://%s:%d/capture/", settings.host, settings.port)
+    web.run_app(app, host=settings.host, port=settings.port, print=None, shutdown_timeout=15, access_log=None)

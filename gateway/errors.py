@@ -1,0 +1,36 @@
+"""Capture errors as PostHog's capture reports them: JSON ``{"type", "code", "detail", "attr"}``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class CaptureError(Exception):
+    """A request we refuse; ``status`` is always a 4xx except ``server_error`` (503, retryable)."""
+
+    def __init__(self, status: int, type_: str, code: str, detail: str, attr: str | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.type = type_
+        self.code = code
+        self.detail = detail
+        self.attr = attr
+
+    def body(self) -> dict[str, Any]:
+        return {"type": self.type, "code": self.code, "detail": self.detail, "attr": self.attr}
+
+
+def invalid(code: str, detail: str, attr: str | None = None) -> CaptureError:
+    return CaptureError(400, "validation_error", code, detail, attr)
+
+
+def unauthorized(code: str, detail: str) -> CaptureError:
+    return CaptureError(401, "authentication_error", code, detail)
+
+
+def too_large(detail: str) -> CaptureError:
+    return CaptureError(413, "validation_error", "payload_too_large", detail)
+
+
+def unavailable(detail: str) -> CaptureError:
+    return CaptureError(503, "server_error", "server_error", detail)

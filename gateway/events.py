@@ -1,0 +1,232 @@
+"""JSON payload -> validated :class:`~eventpipe.contract.RawEvent` list (pure).
+
+Accepts the shapes PostHog's capture accepts: one event object, ``{"batch": [...]}``, a top-level
+list, Segment-style messages (``type`` = alias / capture / track / identify / group / page / screen)
+and Mixpanel ``/engage`` people updates. See docs/capture.md for the mapping rules.
+"""
+
+from __future__ import annotations
+
+import uuid as uuidlib
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import ujson
+
+from eventpipe.contract import RawEvent, format_ts
+from eventpipe.teams import api_key_shape_error
+from gateway.errors import CaptureError, invalid, unauthorized
+from gateway.timestamps import parse_time, resolve_timestamp
+from gateway.uuid7 import uuid7
+
+MAX_DISTINCT_ID = 200
+MAX_EVENT_NAME = 400
+MAX_BATCH_EVENTS = 10_000
+MAX_DEPTH = 64  # nesting of objects/arrays inside one event
+
+# Segment message type -> (PostHog event name, the placeholder event names that type may carry).
+_SEGMENT_TYPES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "alias": ("$create_alias", ("$alias", "$create_alias")),
+    "identify": ("$identify", ("$identify",)),
+    "group": ("$groupidentify", ("$group", "$groupidentify")),
+    "page": ("$pageview", ("$page", "$pageview")),
+    "screen": ("$screen", ("$screen",)),
+    "track": ("", ()),
+    "capture": ("", ()),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """What the gateway knows about the request, independent of its body."""
+
+    now: datetime
+    ip: str | None = None
+    site_url: str = ""
+    route: str = "capture"  # "engage" turns people updates into $identify
+    query_token: str | None = None
+    query_sent_at: datetime | None = None
+
+
+def _depth_ok(value: Any, limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return False
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return True
+
+
+def split_batch(payload: Any) -> tuple[list[Any], dict[str, Any]]:
+    """Events of a payload and its batch-level fields (api_key, sent_at, …)."""
+    if isinstance(payload, list):
+        return payload, {}
+    if isinstance(payload, dict):
+        if "batch" in payload:
+            batch = payload["batch"]
+            if not isinstance(batch, list):
+                raise invalid("invalid_payload", "batch must be a list of events", "batch")
+            return batch, payload
+        if "data" in payload and isinstance(payload["data"], list | dict) and "event" not in payload:
+            inner, top = split_batch(payload["data"])  # {"api_key":..., "data": [...]} (older SDKs)
+            return inner, {**payload, **top}
+        return [payload], {}
+    raise invalid("invalid_payload", "Payload must be a JSON object or a list of events")
+
+
+def _token_of(event: dict[str, Any]) -> Any:
+    props = event.get("properties")
+    for name in ("api_key", "token", "$token"):
+        if event.get(name):
+            return event[name]
+    if isinstance(props, dict) and props.get("token"):
+        return props["token"]
+    return None
+
+
+def request_token(events: list[Any], top: dict[str, Any], query_token: str | None) -> str:
+    """The one api key of a request: batch top level wins, then per event, then the query string."""
+    token = top.get("api_key") or top.get("token")
+    if not token:
+        tokens = {str(t) for e in events if isinstance(e, dict) and (t := _token_of(e))}
+        if len(tokens) > 1:
+            raise unauthorized("multiple_api_keys", "All events of one request must use the same API key.")
+        token = tokens.pop() if tokens else query_token
+    reason = api_key_shape_error(token)
+    if reason == "missing_api_key":
+        raise unauthorized(
+            "missing_api_key",
+            "API key not found. You can find your project API key in your eventpipe team (eventpipe teams list).",
+        )
+    if reason:
+        raise unauthorized(reason, "Project API key invalid.")
+    return str(token)
+
+
+def _distinct_id(event: dict[str, Any], props: dict[str, Any]) -> str:
+    raw = event.get("distinct_id")
+    if raw is None:
+        raw = event.get("$distinct_id")
+    if raw is None:
+        raw = props.get("distinct_id")
+    if raw is None:
+        raw = event.get("userId") if event.get("userId") is not None else event.get("anonymousId")
+    if raw is None:
+        raise invalid("invalid_payload", "Event field 'distinct_id' is missing.", "distinct_id")
+    text = raw if isinstance(raw, str) else ujson.dumps(raw, ensure_ascii=False)
+    if not text.strip() or text in ("null", '""'):
+        raise invalid("invalid_payload", "Event field 'distinct_id' is empty.", "distinct_id")
+    return text[:MAX_DISTINCT_ID]
+
+
+def _event_uuid(event: dict[str, Any]) -> str:
+    raw = event.get("uuid")
+    if raw is None:
+        return str(uuid7())
+    try:
+        return str(uuidlib.UUID(str(raw)))
+    except ValueError:
+        raise invalid("invalid_payload", 'Event field "uuid" is not a valid UUID!', "uuid") from None
+
+
+def _segment(event: dict[str, Any], props: dict[str, Any]) -> str | None:
+    """Apply Segment-style ``type`` semantics in place; returns the mapped event name (None: unchanged)."""
+    kind = event.get("type")
+    if not isinstance(kind, str) or kind not in _SEGMENT_TYPES:
+        return None
+    mapped, placeholders = _SEGMENT_TYPES[kind]
+    name = event.get("event")
+    traits = event.get("traits") if isinstance(event.get("traits"), dict) else {}
+    for key in ("messageId", "category", "name"):
+        if key in event and key not in props:
+            props[key] = event[key]
+    if isinstance(event.get("context"), dict) and event["context"]:
+        props.setdefault("$context", event["context"])
+    if kind == "identify" and traits:
+        event["$set"] = {**traits, **(event.get("$set") or {})}
+    elif kind == "group":
+        props.setdefault("$group_type", event.get("groupType") or props.get("groupType") or "group")
+        props.setdefault("$group_key", str(event.get("groupId", "")))
+        props.setdefault("$group_set", traits)
+    elif kind == "alias" and "alias" not in props and event.get("previousId") is not None:
+        props["alias"] = str(event["previousId"])
+    elif kind == "screen" and "name" in event:
+        props.setdefault("$screen_name", event["name"])
+    if not mapped or (isinstance(name, str) and name and name not in placeholders):
+        return None  # an explicit, non-placeholder event name wins
+    return mapped
+
+
+def normalise(event: Any, token: str, top: dict[str, Any], ctx: RequestContext) -> RawEvent | None:
+    """One client event -> RawEvent; None for events PostHog drops silently ($performance_event)."""
+    if not isinstance(event, dict):
+        raise invalid("invalid_payload", "Each event must be a JSON object (null or scalar items found).")
+    if not _depth_ok(event, MAX_DEPTH):
+        raise invalid("invalid_payload", f"Event nests deeper than {MAX_DEPTH} levels.", "properties")
+    props = event.get("properties")
+    if props is None:
+        props = {}
+    if not isinstance(props, dict):
+        raise invalid("invalid_payload", "Event field 'properties' must be an object.", "properties")
+    props = dict(props)
+    name = _segment(event, props) or event.get("event")
+    if name is None and ctx.route == "engage":
+        name = "$identify"
+        for op in ("$set", "$set_once", "$unset"):
+            if op in event and op not in props:
+                props[op] = event[op]
+    if not isinstance(name, str) or not name:
+        raise invalid("invalid_payload", "Event field 'event' is missing.", "event")
+    if name == "$performance_event":
+        return None
+    distinct_id = _distinct_id(event, props)
+    data: dict[str, Any] = {"event": name[:MAX_EVENT_NAME], "properties": props}
+    for op in ("$set", "$set_once", "$unset"):
+        if op in event:
+            data[op] = event[op]
+    for extra in ("$groups", "elements_chain", "offset"):
+        if extra in event:
+            data[extra] = event[extra]
+
+    sent_at = parse_time(top.get("sent_at")) or parse_time(event.get("sent_at")) or ctx.query_sent_at
+    ts_value = event.get("timestamp")
+    if ts_value is None and isinstance(props.get("time"), int | float) and ctx.route in ("track", "engage"):
+        ts_value = props["time"]  # Mixpanel SDKs put epoch seconds (or ms) in properties.time
+    ts, warning = resolve_timestamp(
+        ctx.now, ts_value, sent_at, event.get("offset"), bool(props.get("$ignore_sent_at"))
+    )
+    warnings = [{"type": warning, "details": {"timestamp": ts_value}}] if warning else []
+    return RawEvent(
+        uuid=_event_uuid(event),
+        distinct_id=distinct_id,
+        token=token,
+        event=data["event"],
+        timestamp=format_ts(ts),
+        now=format_ts(ctx.now),
+        data=data,
+        sent_at=format_ts(sent_at) if sent_at else None,
+        ip=ctx.ip,
+        site_url=ctx.site_url,
+        warnings=warnings,
+    )
+
+
+def parse_events(payload: Any, ctx: RequestContext) -> tuple[str, list[RawEvent]]:
+    """The api key and events of one decoded request; raises CaptureError on anything invalid.
+
+    A request is all or nothing: one invalid event refuses the request, so a client retry never
+    duplicates the events that were fine.
+    """
+    events, top = split_batch(payload)
+    if not events:
+        raise invalid("invalid_payload", "Batch is empty.", "batch")
+    if len(events) > MAX_BATCH_EVENTS:
+        raise CaptureError(413, "validation_error", "payload_too_large", f"At most {MAX_BATCH_EVENTS} events per request.")
+    token = request_token(events, top, ctx.query_token)
+    out = [raw for e in events if (raw := normalise(e, token, top, ctx)) is not None]
+    return token, out

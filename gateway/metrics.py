@@ -1,0 +1,65 @@
+"""Minimal Prometheus text-format metrics (counters by label, one latency histogram)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Counter:
+    def __init__(self, name: str, help_: str, label: str) -> None:
+        self.name, self.help, self.label = name, help_, label
+        self.values: dict[str, float] = defaultdict(float)
+
+    def inc(self, label: str, amount: float = 1) -> None:
+        self.values[label] += amount
+
+    def render(self) -> list[str]:
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
+        lines += [f'{self.name}{{{self.label}="{k}"}} {v:g}' for k, v in sorted(self.values.items())]
+        return lines
+
+
+class Histogram:
+    def __init__(self, name: str, help_: str) -> None:
+        self.name, self.help = name, help_
+        self.counts = [0] * len(_BUCKETS)
+        self.total = 0
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.total += 1
+        self.sum += seconds
+        for i, bound in enumerate(_BUCKETS):
+            if seconds <= bound:
+                self.counts[i] += 1
+                break
+
+    def render(self) -> list[str]:
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
+        running = 0
+        for bound, count in zip(_BUCKETS, self.counts, strict=True):
+            running += count
+            lines.append(f'{self.name}_bucket{{le="{bound}"}} {running}')
+        lines += [
+            f'{self.name}_bucket{{le="+Inf"}} {self.total}',
+            f"{self.name}_sum {self.sum:.6f}",
+            f"{self.name}_count {self.total}",
+        ]
+        return lines
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.requests = Counter("eventpipe_gateway_requests_total", "Capture requests by route.", "route")
+        self.events = Counter("eventpipe_gateway_events_total", "Events accepted by route.", "route")
+        self.bytes = Counter("eventpipe_gateway_request_bytes_total", "Request body bytes by route.", "route")
+        self.errors = Counter("eventpipe_gateway_errors_total", "Refused requests by error code.", "code")
+        self.produce_latency = Histogram(
+            "eventpipe_gateway_produce_seconds", "Time from publish to Kafka acknowledging a request's events."
+        )
+
+    def render(self) -> str:
+        parts = [self.requests, self.events, self.bytes, self.errors, self.produce_latency]
+        return "\n".join(line for m in parts for line in m.render()) + "\n"

@@ -1,0 +1,93 @@
+"""Event time, decided the way PostHog does (documented in docs/timestamps.md).
+
+1. ``timestamp`` and ``sent_at`` both known (and ``$ignore_sent_at`` not set): ``now + (timestamp − sent_at)``
+   — the client's clock skew cancels out.
+2. ``timestamp`` alone: as given.
+3. ``offset`` (ms before sending): ``now − offset``.
+4. otherwise ``now``.
+A result more than 23 hours ahead of ``now`` is replaced by ``now`` and reported as a warning.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+
+FUTURE_LIMIT = timedelta(hours=23)
+_NUMERIC = re.compile(r"^-?\d+(\.\d+)?$")
+_BARE_HOUR_ZONE = re.compile(r"([+-]\d{2})$")  # "+03" -> "+03:00"
+
+
+def parse_time(value: object) -> datetime | None:
+    """Parse a client timestamp into aware UTC, or None when it is not a time we understand.
+
+    Accepts RFC 3339 / ISO 8601 (naive = UTC, ``Z``, bare ``+HH`` zones), ``YYYY-MM-DD HH:MM:SS[.f]``,
+    date only, ``YYYY/MM/DD`` forms, RFC 2822, and epoch seconds or milliseconds (numbers or digit
+    strings; more than 11 integer digits means milliseconds).
+    """
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        return _from_epoch(float(value))
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if not text:
+        return None
+    if _NUMERIC.match(text):
+        return _from_epoch(float(text))
+    iso = text.replace("/", "-") if text[:4].isdigit() else text
+    if iso.endswith(("Z", "z")):
+        iso = iso[:-1] + "+00:00"
+    iso = _BARE_HOUR_ZONE.sub(r"\1:00", iso) if "T" in iso or " " in iso.strip() else iso
+    try:
+        dt = datetime.fromisoformat(iso)
+    except ValueError:
+        try:
+            dt = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+    if dt.tzinfo is None:
+        return dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC)
+
+
+def _from_epoch(number: float) -> datetime | None:
+    if number != number or number in (float("inf"), float("-inf")):  # NaN / inf
+        return None
+    if abs(number) >= 1e11:  # more than 11 integer digits: milliseconds
+        number /= 1000.0
+    try:
+        return datetime.fromtimestamp(number, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def resolve_timestamp(
+    now: datetime,
+    timestamp: object = None,
+    sent_at: datetime | None = None,
+    offset_ms: object = None,
+    ignore_sent_at: bool = False,
+) -> tuple[datetime, str | None]:
+    """Final event time and, when the rule had to intervene, a warning code."""
+    ts = parse_time(timestamp)
+    warning = None
+    if timestamp is not None and ts is None:
+        warning = "ignored_invalid_timestamp"
+    if ts is not None:
+        try:
+            result = now + (ts - sent_at) if sent_at is not None and not ignore_sent_at else ts
+        except OverflowError:
+            result, warning = now, "ignored_invalid_timestamp"
+    elif isinstance(offset_ms, int | float) and not isinstance(offset_ms, bool):
+        try:
+            result = now - timedelta(milliseconds=offset_ms)
+        except OverflowError:
+            result, warning = now, "ignored_invalid_offset"
+    else:
+        result = now
+    if result - now > FUTURE_LIMIT:
+        return now, "event_timestamp_in_future"
+    return result, warning

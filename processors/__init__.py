@@ -1,0 +1,1 @@
+"""Faust agents: raw captured events -> team-resolved, ClickHouse-ready rows."""

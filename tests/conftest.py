@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.stack import CLICKHOUSE, KAFKA, Stack
+
+
+def _reachable(hostport: str) -> bool:
+    host, _, port = hostport.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "integration" in item.keywords:
+            continue
+        if item.path.name.startswith("test_it_"):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def kafka() -> str:
+    if not _reachable(KAFKA):
+        pytest.fail(f"Kafka is not reachable at {KAFKA}: run the suite with `make test`, which starts it")
+    return KAFKA
+
+
+@pytest.fixture(scope="session")
+def clickhouse_server() -> str:
+    hostport = CLICKHOUSE.split("@")[-1].split("/")[0]
+    if not _reachable(hostport):
+        pytest.fail(f"ClickHouse is not reachable at {hostport}: run the suite with `make test`, which starts it")
+    return CLICKHOUSE
+
+
+@pytest.fixture(params=["server", "chdb"])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    if request.param == "server":
+        request.getfixturevalue("clickhouse_server")
+    return str(request.param)
+
+
+@pytest.fixture
+def stack(kafka: str, store_kind: str, tmp_path: Path) -> Iterator[Stack]:
+    s = Stack(tmp_path, store=store_kind)
+    try:
+        yield s.start()
+    finally:
+        s.close()

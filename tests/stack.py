@@ -1,0 +1,193 @@
+"""A real eventpipe stack for integration tests: gateway, processor(s) and sink as subprocesses.
+
+Each stack gets its own topic prefix, state directory, gateway port and (for the server store) its
+own ClickHouse database, so tests never see each other's data; ``close`` stops the processes and
+deletes the topics and the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import ujson
+from aiokafka.admin import AIOKafkaAdminClient
+
+from eventpipe import config
+from eventpipe.kafka import create_team, topics_for
+
+KAFKA = os.environ.get("EVENTPIPE_TEST_KAFKA", "127.0.0.1:19092")
+CLICKHOUSE = os.environ.get("EVENTPIPE_TEST_CLICKHOUSE", "clickhouse://default@127.0.0.1:19000")
+ROOT = Path(__file__).resolve().parent.parent
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def poll(fn: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.1, what: str = "condition") -> T:
+    """Call ``fn`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"{what} not reached in {timeout}s (last value: {last!r})")
+
+
+class Stack:
+    def __init__(self, tmp: Path, store: str = "chdb", processors: int = 1) -> None:
+        self.id = uuid.uuid4().hex[:10]
+        self.prefix = f"t{self.id}_"
+        self.home = tmp / f"stack-{self.id}"
+        self.port = free_port()
+        self.database = f"eventpipe_test_{self.id}"
+        url = f"chdb://{self.home / 'chdb'}" if store == "chdb" else f"{CLICKHOUSE}/{self.database}"
+        self.env = {
+            **os.environ,
+            "EVENTPIPE_KAFKA_BOOTSTRAP": KAFKA,
+            "EVENTPIPE_CLICKHOUSE_URL": url,
+            "EVENTPIPE_HOME": str(self.home),
+            "EVENTPIPE_PORT": str(self.port),
+            "EVENTPIPE_HOST": "127.0.0.1",
+            "EVENTPIPE_TOPIC_PREFIX": self.prefix,
+            "EVENTPIPE_SINK_BATCH_SECONDS": "0.2",
+        }
+        self.store = store
+        self.n_processors = processors
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.logs: list[Path] = []
+
+    @property
+    def settings(self) -> config.Settings:
+        saved = dict(os.environ)
+        try:
+            os.environ.update({k: v for k, v in self.env.items() if k.startswith("EVENTPIPE_")})
+            return config.load()
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def spawn(self, stage: str) -> subprocess.Popen[bytes]:
+        self.home.mkdir(parents=True, exist_ok=True)
+        log = self.home / f"{stage}-{len(self.procs)}.log"
+        self.logs.append(log)
+        with log.open("wb") as fh:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "eventpipe.cli", stage], env=self.env, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT
+            )
+        self.procs.append(proc)
+        return proc
+
+    def start(self) -> Stack:
+        self.spawn("sink")
+        for _ in range(self.n_processors):
+            self.spawn("processor")
+        self.spawn("gateway")
+        run = self.home / "run"
+        try:
+            poll(self._gateway_ready, 60, 0.2, "gateway /_ready")
+            poll(lambda: (run / "processor.ready").exists() and (run / "sink.ready").exists(), 90, 0.2, "consumers")
+        except AssertionError:
+            self.dump_logs()
+            raise
+        return self
+
+    def _gateway_ready(self) -> bool:
+        for p in self.procs:
+            if p.poll() is not None:
+                self.dump_logs()
+                raise AssertionError(f"a stage exited early with {p.returncode}")
+        try:
+            with urllib.request.urlopen(self.url + "/_ready", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def dump_logs(self) -> None:
+        for log in self.logs:
+            print(f"==== {log.name}\n{log.read_text(errors='replace')[-4000:]}", file=sys.stderr)
+
+    def create_team(self, name: str = "test") -> str:
+        return asyncio.run(create_team(self.settings, name)).api_key
+
+    def post(self, path: str, body: bytes | str | dict[str, Any] | list[Any], headers: dict[str, str] | None = None,
+             method: str = "POST") -> tuple[int, Any]:
+        data = body if isinstance(body, bytes) else (body if isinstance(body, str) else ujson.dumps(body)).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers or
+                                     {"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                raw = r.read()
+                return r.status, (ujson.loads(raw) if raw else None)
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            return exc.code, (ujson.loads(raw) if raw else None)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "eventpipe.cli", *args], env=self.env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+
+    def sql(self, query: str) -> list[dict[str, Any]]:
+        res = self.cli("sql", query, "--format", "json")
+        assert res.returncode == 0, res.stderr
+        return ujson.loads(res.stdout)
+
+    def stop_all(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    def close(self) -> None:
+        self.stop_all()
+        asyncio.run(self._delete_topics())
+        if self.store == "server":
+            from clickhouse_driver import Client
+
+            from eventpipe.config import StoreURL
+
+            u = StoreURL.parse(CLICKHOUSE)
+            Client(host=u.host, port=u.port, user=u.user, password=u.password).execute(
+                f"DROP DATABASE IF EXISTS `{self.database}`"
+            )
+
+    async def _delete_topics(self) -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
+        await admin.start()
+        try:
+            names = [t for t in await admin.list_topics() if t.startswith(self.prefix)]
+            if names:
+                await admin.delete_topics(names)
+        finally:
+            await admin.close()
+
+
+def topics(stack: Stack) -> Any:
+    return topics_for(stack.settings)
