@@ -13,7 +13,7 @@ MODERN = (22, 2)
 
 
 def parse_version(text: str) -> tuple[int, int]:
-    parts = (text.strip().split(".") + ["0", "0"])[:2]
+    parts = [*text.strip().split("."), "0", "0"][:2]
     return int(parts[0]), int(parts[1])
 
 

@@ -30,6 +30,7 @@ from eventpipe.supervisor import mark_ready
 
 log = logging.getLogger("eventpipe.sink")
 
+
 class _Rebalance(ConsumerRebalanceListener):
     def __init__(self, sink: Sink) -> None:
         self.sink = sink

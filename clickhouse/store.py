@@ -175,11 +175,13 @@ class ChdbStore:
     def insert(self, table: str, rows: Sequence[KafkaRow], dedup_token: str | None) -> None:
         columns = ", ".join(f"`{c}`" for c in TABLE_COLUMNS[table])
         token = _check_token(dedup_token)
-        settings = f" SETTINGS insert_deduplication_token='{token}'" if token and self.dialect.supports_dedup_token else ""
+        settings = (
+            f" SETTINGS insert_deduplication_token='{token}'" if token and self.dialect.supports_dedup_token else ""
+        )
         # Message values are JSON objects written by our processors; append the Kafka coordinates by
         # splicing bytes instead of re-encoding each row.
         body = b"\n".join(
-            b"%s,\"_timestamp\":%d,\"_offset\":%d,\"_partition\":%d}"
+            b'%s,"_timestamp":%d,"_offset":%d,"_partition":%d}'
             % (r.value.rstrip()[:-1], r.timestamp_ms // 1000, r.offset, r.partition)
             for r in rows
         )

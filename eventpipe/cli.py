@@ -25,9 +25,15 @@ def _cmd_teams(args: argparse.Namespace, settings: config.Settings) -> int:
         return 0
     teams = asyncio.run(list_teams(settings))
     if args.json:
-        print(json.dumps([{"team_id": t.team_id, "name": t.name, "api_key": t.api_key, "revoked": t.revoked} for t in teams]))
+        print(
+            json.dumps(
+                [{"team_id": t.team_id, "name": t.name, "api_key": t.api_key, "revoked": t.revoked} for t in teams]
+            )
+        )
     else:
-        _print_table(["team_id", "name", "api_key", "created_at"], [(t.team_id, t.name, t.api_key, t.created_at) for t in teams])
+        _print_table(
+            ["team_id", "name", "api_key", "created_at"], [(t.team_id, t.name, t.api_key, t.created_at) for t in teams]
+        )
     return 0
 
 
@@ -102,8 +108,10 @@ def _cmd_migrate(args: argparse.Namespace, settings: config.Settings) -> int:
 
     suffix = "?dry_run=1" if args.dry_run else ""
     remote = _owner_request(settings, "/migrate" + suffix, {})
-    statements = remote["statements"] if remote is not None else _with_local_store(
-        settings, lambda store: migrate(store, dry_run=args.dry_run)
+    statements = (
+        remote["statements"]
+        if remote is not None
+        else _with_local_store(settings, lambda store: migrate(store, dry_run=args.dry_run))
     )
     for sql in statements:
         print(sql.rstrip() + ";\n")
@@ -141,8 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
     sql = sub.add_parser("sql", help="run a read-only SQL query against the configured store")
     sql.add_argument("query")
     sql.add_argument("--format", choices=["table", "json", "tsv"])
-    sql.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                     help="a query parameter, used in the query as {NAME:Type}")
+    sql.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a query parameter, used in the query as {NAME:Type}",
+    )
     mig = sub.add_parser("migrate", help="apply ClickHouse migrations")
     mig.add_argument("--dry-run", action="store_true", help="print the SQL without running it")
     return p

@@ -89,6 +89,7 @@ class Settings:
     max_batch_body_bytes: int = 20 * 1024 * 1024
     sink_batch_rows: int = 10_000
     sink_batch_seconds: float = 1.0
+    trusted_proxies: str = ""
 
     @property
     def store(self) -> StoreURL:
@@ -112,4 +113,5 @@ def load() -> Settings:
         max_batch_body_bytes=_int("MAX_BATCH_BODY_BYTES", 20 * 1024 * 1024),
         sink_batch_rows=_int("SINK_BATCH_ROWS", 10_000),
         sink_batch_seconds=float(_env("SINK_BATCH_SECONDS", "1.0")),
+        trusted_proxies=_env("TRUSTED_PROXIES", ""),
     )

@@ -15,7 +15,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-
 from eventpipe.config import Settings
 from eventpipe.kafka import ensure_topics
 
@@ -168,7 +167,10 @@ def up(settings: Settings, timeout_s: float = 180) -> int:
     with logfile.open("ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "eventpipe.cli", "run"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
     pidfile.write_text(str(proc.pid))
     deadline = time.monotonic() + timeout_s

@@ -14,6 +14,7 @@ from aiokafka.errors import KafkaError
 from eventpipe.config import Settings
 from eventpipe.contract import RawEvent
 from eventpipe.kafka import RegistryReader, ensure_topics, producer, topics_for
+from gateway.client_ip import client_ip, parse_networks
 from gateway.decode import loads, payload_bytes
 from gateway.errors import CaptureError, invalid, too_large, unauthorized, unavailable
 from gateway.events import RequestContext, parse_events
@@ -28,6 +29,7 @@ PRODUCER = web.AppKey("producer", AIOKafkaProducer)
 REGISTRY = web.AppKey("registry", RegistryReader)
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)
+PROXIES = web.AppKey("proxies", tuple)
 
 
 def cors_headers(request: web.Request) -> dict[str, str]:
@@ -65,10 +67,11 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 def request_context(request: web.Request, route: str) -> RequestContext:
     query = request.query
     sent_at = parse_time(query.get("_")) if query.get("_") else None
-    peer = request.remote
+    proxies = request.app[PROXIES]
+    ip = client_ip(request.remote, request.headers.get("X-Forwarded-For"), proxies) if proxies else request.remote
     return RequestContext(
         now=datetime.now(UTC),
-        ip=peer,
+        ip=ip,
         site_url=f"{request.scheme}://{request.host}",
         route=route,
         query_token=query.get("token") or query.get("api_key"),
@@ -120,7 +123,10 @@ async def capture(request: web.Request) -> web.StreamResponse:
             log.info("unparseable capture request: %r", exc)
             raise invalid("invalid_payload", "Malformed request data.") from None
         if await request.app[REGISTRY].resolve(token) is None:
-            raise unauthorized("invalid_api_key", "Project API key invalid. You can find your project API key with `eventpipe teams list`.")
+            raise unauthorized(
+                "invalid_api_key",
+                "Project API key invalid. You can find your project API key with `eventpipe teams list`.",
+            )
         if events:
             await publish(request.app, events)
         metrics.events.inc(route, len(events))
@@ -170,6 +176,7 @@ def build_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=settings.max_batch_body_bytes + 1)
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
+    app[PROXIES] = parse_networks(settings.trusted_proxies)
     for route in CAPTURE_ROUTES:
         for path in (f"/{route}", f"/{route}/"):
             for method in ("GET", "POST", "OPTIONS"):

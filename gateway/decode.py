@@ -125,7 +125,10 @@ def payload_bytes(
         raise too_large(f"Payload exceeds {limit} bytes")
     stripped = data.strip()
     if not stripped:
-        raise invalid("no_data", "No data found. Make sure to use a POST request when sending the payload in the body of the request.")
+        raise invalid(
+            "no_data",
+            "No data found. Make sure to use a POST request when sending the payload in the body of the request.",
+        )
     if not _looks_like_json(stripped) and _B64_CHARS.match(stripped):
         # Form/GET data that is base64 without a hint (posthog-js without compression, old SDKs).
         decoded = b64decode(stripped)

@@ -197,9 +197,7 @@ def normalise(event: Any, token: str, top: dict[str, Any], ctx: RequestContext) 
     ts_value = event.get("timestamp")
     if ts_value is None and isinstance(props.get("time"), int | float) and ctx.route in ("track", "engage"):
         ts_value = props["time"]  # Mixpanel SDKs put epoch seconds (or ms) in properties.time
-    ts, warning = resolve_timestamp(
-        ctx.now, ts_value, sent_at, event.get("offset"), bool(props.get("$ignore_sent_at"))
-    )
+    ts, warning = resolve_timestamp(ctx.now, ts_value, sent_at, event.get("offset"), bool(props.get("$ignore_sent_at")))
     warnings = [{"type": warning, "details": {"timestamp": ts_value}}] if warning else []
     return RawEvent(
         uuid=_event_uuid(event),
@@ -226,7 +224,9 @@ def parse_events(payload: Any, ctx: RequestContext) -> tuple[str, list[RawEvent]
     if not events:
         raise invalid("invalid_payload", "Batch is empty.", "batch")
     if len(events) > MAX_BATCH_EVENTS:
-        raise CaptureError(413, "validation_error", "payload_too_large", f"At most {MAX_BATCH_EVENTS} events per request.")
+        raise CaptureError(
+            413, "validation_error", "payload_too_large", f"At most {MAX_BATCH_EVENTS} events per request."
+        )
     token = request_token(events, top, ctx.query_token)
     out = [raw for e in events if (raw := normalise(e, token, top, ctx)) is not None]
     return token, out

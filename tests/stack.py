@@ -95,7 +95,11 @@ class Stack:
         self.logs.append(log)
         with log.open("wb") as fh:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "eventpipe.cli", stage], env=self.env, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT
+                [sys.executable, "-m", "eventpipe.cli", stage],
+                env=self.env,
+                cwd=ROOT,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
             )
         self.procs.append(proc)
         return proc
@@ -132,11 +136,17 @@ class Stack:
     def create_team(self, name: str = "test") -> str:
         return asyncio.run(create_team(self.settings, name)).api_key
 
-    def post(self, path: str, body: bytes | str | dict[str, Any] | list[Any], headers: dict[str, str] | None = None,
-             method: str = "POST") -> tuple[int, Any]:
+    def post(
+        self,
+        path: str,
+        body: bytes | str | dict[str, Any] | list[Any],
+        headers: dict[str, str] | None = None,
+        method: str = "POST",
+    ) -> tuple[int, Any]:
         data = body if isinstance(body, bytes) else (body if isinstance(body, str) else ujson.dumps(body)).encode()
-        req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers or
-                                     {"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.url + path, data=data, method=method, headers=headers or {"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(req, timeout=30) as r:
                 raw = r.read()
@@ -146,8 +156,14 @@ class Stack:
             return exc.code, (ujson.loads(raw) if raw else None)
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "eventpipe.cli", *args], env=self.env, cwd=ROOT,
-                              capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "eventpipe.cli", *args],
+            env=self.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     def sql(self, query: str) -> list[dict[str, Any]]:
         res = self.cli("sql", query, "--format", "json")
