@@ -19,11 +19,11 @@ from gateway.decode import loads, payload_bytes
 from gateway.errors import CaptureError, invalid, too_large, unauthorized, unavailable
 from gateway.events import RequestContext, parse_events
 from gateway.metrics import Metrics
+from gateway.openapi import CAPTURE_ROUTES, build_spec
 from gateway.timestamps import parse_time
 
 log = logging.getLogger("eventpipe.gateway")
 
-CAPTURE_ROUTES = ("capture", "batch", "e", "track", "engage", "i/v0/e")
 
 PRODUCER = web.AppKey("producer", AIOKafkaProducer)
 REGISTRY = web.AppKey("registry", RegistryReader)
@@ -151,6 +151,10 @@ async def ready(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+async def openapi(_request: web.Request) -> web.Response:
+    return web.json_response(build_spec())
+
+
 async def metrics_handler(request: web.Request) -> web.Response:
     return web.Response(text=request.app[METRICS].render(), content_type="text/plain")
 
@@ -184,6 +188,7 @@ def build_app(settings: Settings) -> web.Application:
     app.router.add_get("/_health", health)
     app.router.add_get("/_ready", ready)
     app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/openapi.json", openapi)
     app.on_startup.append(_on_startup)
     app.on_cleanup.append(_on_cleanup)
     return app
