@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("up", help="start `eventpipe run` in the background and wait until ready")
     sub.add_parser("down", help="stop a stack started with `eventpipe up`")
     sub.add_parser("gateway", help="run the HTTP capture gateway")
-    sub.add_parser("processor", help="run a processor worker (Faust)")
+    sub.add_parser("processors", aliases=["processor"], help="run a processor worker (Faust)")
     sub.add_parser("sink", help="run the ClickHouse sink")
     teams = sub.add_parser("teams", help="create or list teams")
     tsub = teams.add_subparsers(dest="teams_cmd", required=True)
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
 
         serve(settings)
         return 0
-    if args.cmd == "processor":
+    if args.cmd in ("processor", "processors"):
         from processors.app import serve as serve_processor
 
         serve_processor(settings)
