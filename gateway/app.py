@@ -64,6 +64,12 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def transport_hint(content_encoding: str) -> str:
+    # aiohttp already inflated gzip/deflate/br bodies (bounded by read_body's limit); only other
+    # values are a hint for us.
+    return "" if content_encoding.strip().lower() in ("gzip", "x-gzip", "deflate", "br") else content_encoding
+
+
 def request_context(request: web.Request, route: str) -> RequestContext:
     query = request.query
     sent_at = parse_time(query.get("_")) if query.get("_") else None
@@ -113,7 +119,7 @@ async def capture(request: web.Request) -> web.StreamResponse:
                 body,
                 request.headers.get("Content-Type", ""),
                 request.query,
-                request.headers.get("Content-Encoding", ""),
+                transport_hint(request.headers.get("Content-Encoding", "")),
                 limit=max(limit, 100 * 1024 * 1024) if route == "batch" else 5 * limit,
             )
             token, events = parse_events(loads(text), ctx)

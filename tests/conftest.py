@@ -55,3 +55,18 @@ def stack(kafka: str, store_kind: str, tmp_path: Path) -> Iterator[Stack]:
         yield s.start()
     finally:
         s.close()
+
+
+@pytest.fixture(scope="module")
+def gateway(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A gateway process alone (tests read the raw-events topic), shared by a module's tests."""
+    s = Stack(Path(tmp_path_factory.mktemp("gateway")))
+    try:
+        yield s.start_gateway()
+    finally:
+        s.close()
+
+
+@pytest.fixture(scope="module")
+def api_key(gateway: Stack) -> str:
+    return gateway.create_team("gateway-tests")

@@ -118,6 +118,32 @@ class Stack:
             raise
         return self
 
+    def start_gateway(self) -> Stack:
+        """Only the gateway (for capture-level tests that read the raw topic themselves)."""
+        self.spawn("gateway")
+        poll(self._gateway_ready, 60, 0.2, "gateway /_ready")
+        return self
+
+    def raw_events(self, expected: int, timeout: float = 30.0) -> list[dict[str, Any]]:
+        """Read the raw-events topic from the start until ``expected`` messages arrived."""
+        return asyncio.run(self._read_topic(topics_for(self.settings).raw_events, expected, timeout))
+
+    async def _read_topic(self, topic: str, expected: int, wait_s: float) -> list[dict[str, Any]]:
+        from aiokafka import AIOKafkaConsumer
+
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=KAFKA, auto_offset_reset="earliest", group_id=None)
+        await consumer.start()
+        out: list[dict[str, Any]] = []
+        try:
+            deadline = time.monotonic() + wait_s
+            while len(out) < expected and time.monotonic() < deadline:
+                batch = await consumer.getmany(timeout_ms=200)
+                for messages in batch.values():
+                    out += [{**ujson.loads(m.value), "_key": m.key.decode()} for m in messages]
+        finally:
+            await consumer.stop()
+        return out
+
     def _gateway_ready(self) -> bool:
         for p in self.procs:
             if p.poll() is not None:

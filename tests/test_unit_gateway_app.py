@@ -1,0 +1,76 @@
+"""The gateway's HTTP layer with Kafka replaced by fakes (pure unit tests: no broker)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from typing import Any
+
+from aiohttp.test_utils import TestClient, TestServer
+
+from eventpipe.config import Settings
+from gateway import app as gw
+
+
+class FakeRegistry:
+    async def resolve(self, api_key: str) -> int | None:
+        return 1 if api_key == "phc_good" else None
+
+
+class FakeProducer:
+    """Accepts sends; acks only when ``ack`` is set (so a stuck broker can be simulated)."""
+
+    def __init__(self, ack: bool) -> None:
+        self.ack = ack
+        self.sent: list[tuple[str, bytes, bytes]] = []
+
+    async def send(self, topic: str, value: bytes, key: bytes) -> asyncio.Future[Any]:
+        self.sent.append((topic, value, key))
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self.ack:
+            fut.set_result(None)
+        return fut
+
+
+async def _post(producer: FakeProducer, body: dict[str, Any], path: str = "/capture/") -> tuple[int, Any]:
+    settings = replace(Settings(), produce_timeout_s=0.2)
+    app = gw.build_app(settings)
+    app.on_startup.clear()
+    app.on_cleanup.clear()
+    app[gw.PRODUCER] = producer  # type: ignore[misc]
+    app[gw.REGISTRY] = FakeRegistry()  # type: ignore[misc]
+    async with TestClient(TestServer(app)) as client:
+        resp = await client.post(path, json=body)
+        return resp.status, await resp.json()
+
+
+EVENT = {"api_key": "phc_good", "event": "e", "distinct_id": "d"}
+
+
+def test_answers_only_after_kafka_acknowledged() -> None:
+    producer = FakeProducer(ack=True)
+    assert asyncio.run(_post(producer, EVENT)) == (200, {"status": 1})
+    assert len(producer.sent) == 1
+    topic, _value, key = producer.sent[0]
+    assert topic == "eventpipe_events_raw" and key == b"phc_good:d"
+
+
+def test_broker_that_does_not_ack_gives_retryable_503() -> None:
+    status, body = asyncio.run(_post(FakeProducer(ack=False), EVENT))
+    assert status == 503
+    assert body["type"] == "server_error" and body["code"] == "server_error"
+
+
+def test_unknown_key_is_401_and_nothing_is_sent() -> None:
+    producer = FakeProducer(ack=True)
+    status, body = asyncio.run(_post(producer, {**EVENT, "api_key": "phc_other"}))
+    assert status == 401 and body["code"] == "invalid_api_key"
+    assert producer.sent == []
+
+
+def test_batch_is_all_or_nothing() -> None:
+    producer = FakeProducer(ack=True)
+    batch = {"api_key": "phc_good", "batch": [{"event": "e", "distinct_id": "a"}, {"event": "e", "uuid": "bad"}]}
+    status, _ = asyncio.run(_post(producer, batch, "/batch/"))
+    assert status == 400
+    assert producer.sent == []
