@@ -8,6 +8,7 @@ import time
 from datetime import UTC, datetime
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
@@ -56,11 +57,15 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         raise too_large(f"Request body exceeds {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > limit:
-            raise too_large(f"Request body exceeds {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > limit:
+                raise too_large(f"Request body exceeds {limit} bytes")
+            chunks.append(chunk)
+    except (web.RequestPayloadError, HttpProcessingError) as exc:
+        # e.g. Content-Encoding: gzip on a body that isn't gzip: aiohttp fails while inflating it.
+        raise invalid("invalid_payload", f"Malformed request body: {exc}") from None
     return b"".join(chunks)
 
 

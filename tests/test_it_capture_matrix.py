@@ -146,6 +146,8 @@ ERRORS: list[tuple[str, str, bytes, dict[str, str], int, str]] = [
     ("two-keys", "/batch/", b'[{"api_key": "KEY", "event": "e", "distinct_id": "d"},'
      b' {"api_key": "OTHER", "event": "e", "distinct_id": "d"}]', {}, 401, "multiple_api_keys"),
     ("body-too-large", "/capture/", b'{"pad": "' + b"x" * (2 * 1024 * 1024) + b'"}', {}, 413, "payload_too_large"),
+    ("content-encoding-lies", "/capture/", b'{"api_key": "KEY"}', {"Content-Encoding": "gzip"}, 400,
+     "invalid_payload"),
     ("gzip-bomb", "/capture/", gzip.compress(b" " * (11 * 1024 * 1024)), {}, 413, "payload_too_large"),
 ]
 
