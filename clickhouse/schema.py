@@ -6,7 +6,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from clickhouse.dialect import Dialect
-from eventpipe.contract import EVENT_ROW_COLUMNS, KAFKA_COLUMNS, WARNING_ROW_COLUMNS
+from eventpipe.contract import (
+    DISTINCT_ID_ROW_COLUMNS,
+    EVENT_ROW_COLUMNS,
+    GROUP_ROW_COLUMNS,
+    KAFKA_COLUMNS,
+    PERSON_ROW_COLUMNS,
+    WARNING_ROW_COLUMNS,
+)
 
 MIGRATIONS_TABLE = "eventpipe_migrations"
 
@@ -70,15 +77,90 @@ ORDER BY (team_id, timestamp){d.mergetree_settings()}"""
     ]
 
 
+KAFKA_COLUMNS_DDL = """    _timestamp DateTime,
+    _offset UInt64,
+    _partition UInt64"""
+
+
+def _person(d: Dialect) -> list[str]:
+    return [
+        f"""CREATE TABLE IF NOT EXISTS person
+(
+    id UUID,
+    created_at {d.datetime64()},
+    team_id Int64,
+    properties String{d.codec("ZSTD(3)")},
+    is_identified Int8,
+    is_deleted Int8,
+    version UInt64,
+{KAFKA_COLUMNS_DDL}
+)
+ENGINE = ReplacingMergeTree(version)
+ORDER BY (team_id, id){d.mergetree_settings()}""",
+        # The current state of each person: the row with the highest version, deleted persons dropped.
+        """CREATE VIEW IF NOT EXISTS person_current AS
+SELECT team_id, id, argMax(created_at, version) AS created_at, argMax(properties, version) AS properties,
+       argMax(is_identified, version) AS is_identified, max(version) AS latest_version
+FROM person
+GROUP BY team_id, id
+HAVING argMax(is_deleted, version) = 0""",
+    ]
+
+
+def _person_distinct_id(d: Dialect) -> list[str]:
+    return [
+        f"""CREATE TABLE IF NOT EXISTS person_distinct_id
+(
+    team_id Int64,
+    distinct_id String,
+    person_id UUID,
+    is_deleted Int8,
+    version Int64,
+{KAFKA_COLUMNS_DDL}
+)
+ENGINE = ReplacingMergeTree(version)
+ORDER BY (team_id, distinct_id){d.mergetree_settings()}""",
+        # The current person of every distinct id (argMax by version), the mapping analytics join on.
+        """CREATE VIEW IF NOT EXISTS person_distinct_id_current AS
+SELECT team_id, distinct_id, argMax(person_id, version) AS person_id, max(version) AS latest_version
+FROM person_distinct_id
+GROUP BY team_id, distinct_id
+HAVING argMax(is_deleted, version) = 0""",
+    ]
+
+
+def _groups(d: Dialect) -> list[str]:
+    return [
+        f"""CREATE TABLE IF NOT EXISTS groups
+(
+    group_type_index UInt8,
+    group_key String,
+    created_at {d.datetime64()},
+    team_id Int64,
+    group_properties String{d.codec("ZSTD(3)")},
+    version Int64,
+{KAFKA_COLUMNS_DDL}
+)
+ENGINE = ReplacingMergeTree(version)
+ORDER BY (team_id, group_type_index, group_key){d.mergetree_settings()}"""
+    ]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "events", _events),
     Migration(2, "ingestion_warnings", _warnings),
+    Migration(3, "person", _person),
+    Migration(4, "person_distinct_id", _person_distinct_id),
+    Migration(5, "groups", _groups),
 )
 
 # Columns the sink writes per table, in order: the contract's row columns, then the Kafka coordinates.
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "events": EVENT_ROW_COLUMNS + KAFKA_COLUMNS,
     "ingestion_warnings": WARNING_ROW_COLUMNS + KAFKA_COLUMNS,
+    "person": PERSON_ROW_COLUMNS + KAFKA_COLUMNS,
+    "person_distinct_id": DISTINCT_ID_ROW_COLUMNS + KAFKA_COLUMNS,
+    "groups": GROUP_ROW_COLUMNS + KAFKA_COLUMNS,
 }
 
 

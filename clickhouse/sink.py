@@ -96,6 +96,7 @@ class Sink:
             max_partition_fetch_bytes=8 * 1024 * 1024,
             fetch_max_bytes=64 * 1024 * 1024,
             max_poll_interval_ms=600_000,
+            isolation_level="read_committed",  # never read rows of an aborted transaction
         )
         await self.consumer.start()
         self.consumer.subscribe(list(self.table_of), listener=_Rebalance(self))

@@ -57,6 +57,23 @@ class Topics:
         return f"{self.prefix}clickhouse_events"
 
     @property
+    def events_by_team(self) -> str:
+        """Raw events with their team resolved, keyed by team: one team's identity state, one partition."""
+        return f"{self.prefix}events_by_team"
+
+    @property
+    def persons(self) -> str:
+        return f"{self.prefix}clickhouse_person"
+
+    @property
+    def person_distinct_ids(self) -> str:
+        return f"{self.prefix}clickhouse_person_distinct_id"
+
+    @property
+    def groups(self) -> str:
+        return f"{self.prefix}clickhouse_groups"
+
+    @property
     def ingestion_warnings(self) -> str:
         return f"{self.prefix}clickhouse_ingestion_warnings"
 
@@ -70,7 +87,13 @@ class Topics:
 
     def sink_tables(self) -> dict[str, str]:
         """Topic -> ClickHouse table the sink writes it to."""
-        return {self.events: "events", self.ingestion_warnings: "ingestion_warnings"}
+        return {
+            self.events: "events",
+            self.persons: "person",
+            self.person_distinct_ids: "person_distinct_id",
+            self.groups: "groups",
+            self.ingestion_warnings: "ingestion_warnings",
+        }
 
 
 @dataclass(slots=True)
@@ -124,6 +147,24 @@ EVENT_ROW_COLUMNS: tuple[str, ...] = (
 )
 
 WARNING_ROW_COLUMNS: tuple[str, ...] = ("team_id", "type", "source", "details", "timestamp")
+PERSON_ROW_COLUMNS: tuple[str, ...] = (
+    "id",
+    "created_at",
+    "team_id",
+    "properties",
+    "is_identified",
+    "is_deleted",
+    "version",
+)
+DISTINCT_ID_ROW_COLUMNS: tuple[str, ...] = ("team_id", "distinct_id", "person_id", "is_deleted", "version")
+GROUP_ROW_COLUMNS: tuple[str, ...] = (
+    "group_type_index",
+    "group_key",
+    "created_at",
+    "team_id",
+    "group_properties",
+    "version",
+)
 
 # What the sink appends to every row from the Kafka message it came in.
 KAFKA_COLUMNS: tuple[str, ...] = ("_timestamp", "_offset", "_partition")

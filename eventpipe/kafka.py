@@ -26,7 +26,17 @@ def topics_for(settings: Settings) -> Topics:
 def topic_specs(settings: Settings) -> list[NewTopic]:
     t = topics_for(settings)
     n = settings.partitions
-    specs = [NewTopic(name, n, 1) for name in (t.raw_events, t.events, t.ingestion_warnings, t.dead_letters)]
+    names = (
+        t.raw_events,
+        t.events_by_team,
+        t.events,
+        t.persons,
+        t.person_distinct_ids,
+        t.groups,
+        t.ingestion_warnings,
+        t.dead_letters,
+    )
+    specs = [NewTopic(name, n, 1) for name in names]
     # One partition gives the registry a total order, which the team-id ownership rule relies on.
     specs.append(NewTopic(t.teams, 1, 1, topic_configs={"cleanup.policy": "compact"}))
     return specs

@@ -5,7 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from eventpipe.contract import RawEvent, event_row, warning_row
+import ujson
+
+from eventpipe.contract import NIL_UUID, RawEvent, event_row, warning_row
+from processors.identity import (
+    CHANGED,
+    SAME,
+    Emitted,
+    Identity,
+    State,
+    apply_properties,
+    personless_id,
+)
 
 
 @dataclass(slots=True)
@@ -22,7 +33,13 @@ def unknown_team(raw: RawEvent) -> Output:
     return Output(warnings=[warning_row(0, "invalid_token", "processors", details, raw.now)])
 
 
-def process_event(raw: RawEvent, team_id: int) -> Output:
+def process_event(
+    raw: RawEvent,
+    team_id: int,
+    person_id: str = NIL_UUID,
+    person_properties: dict[str, Any] | None = None,
+    groups: tuple[str, ...] = ("", "", "", "", ""),
+) -> Output:
     """A raw event of a known team -> one event row plus the warnings the gateway attached."""
     properties: dict[str, Any] = dict(raw.data.get("properties") or {})
     for op in ("$set", "$set_once", "$unset"):
@@ -38,6 +55,9 @@ def process_event(raw: RawEvent, team_id: int) -> Output:
         team_id=team_id,
         distinct_id=raw.distinct_id,
         created_at=raw.now,
+        person_id=person_id,
+        person_properties=person_properties,
+        groups=groups,  # type: ignore[arg-type]
         elements_chain=str(raw.data.get("elements_chain") or ""),
     )
     warnings = [
@@ -45,3 +65,67 @@ def process_event(raw: RawEvent, team_id: int) -> Output:
         for w in raw.warnings
     ]
     return Output(events=[row], warnings=warnings)
+
+
+MERGE_EVENTS = ("$create_alias", "$merge_dangerously")
+
+
+def _person_ops(raw: RawEvent) -> tuple[Any, Any, Any]:
+    """``$set`` / ``$set_once`` / ``$unset`` from the event (top level wins) or its properties."""
+    props = raw.data.get("properties") or {}
+    ops = []
+    for op in ("$set", "$set_once", "$unset"):
+        top, inner = raw.data.get(op), props.get(op)
+        if isinstance(top, dict) and isinstance(inner, dict):
+            ops.append({**inner, **top})
+        else:
+            ops.append(top if top is not None else inner)
+    return ops[0], ops[1], ops[2]
+
+
+def process_with_persons(raw: RawEvent, team_id: int, state: State) -> tuple[Output, Emitted]:
+    """A raw event of a known team -> event row (with person and groups) and person/group rows."""
+    out = Emitted()
+    idn = Identity(state, team_id, raw.now, out)
+    props: dict[str, Any] = raw.data.get("properties") or {}
+    person_id, person_props = personless_id(team_id, raw.distinct_id), {}
+    if props.get("$process_person_profile") is not False:
+        person, status = _resolve_person(idn, raw, props)
+        set_, set_once, unset = _person_ops(raw)
+        new_props, changed = apply_properties(person["properties"], set_, set_once, unset)
+        identify = raw.event == "$identify" and not person["is_identified"]
+        if changed or identify:
+            person = {**person, "properties": new_props, "is_identified": person["is_identified"] or identify}
+            status = CHANGED if status == SAME else status
+        person = idn.save(person, status)
+        person_id, person_props = person["id"], person["properties"]
+
+    if raw.event == "$groupidentify" and isinstance(props.get("$group_type"), str) and "$group_key" in props:
+        group_set = props.get("$group_set") if isinstance(props.get("$group_set"), dict) else {}
+        idn.group_identify(props["$group_type"], str(props["$group_key"]), group_set, raw.timestamp)
+    groups = ["", "", "", "", ""]
+    declared = raw.data.get("$groups") or props.get("$groups")
+    if isinstance(declared, dict):
+        for group_type, key in declared.items():
+            index = idn.group_index(str(group_type))
+            if index is not None and key is not None:
+                groups[index] = str(key)
+    events = process_event(raw, team_id, person_id=person_id, person_properties=person_props, groups=tuple(groups))
+    events.warnings.extend(out.warnings)
+    out.warnings = []
+    return events, out
+
+
+def _resolve_person(idn: Identity, raw: RawEvent, props: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    target = raw.distinct_id
+    if raw.event == "$identify":
+        anon = props.get("$anon_distinct_id")
+        if isinstance(anon, str) and anon and anon != target:
+            return idn.merge(target, anon, False, raw.timestamp)
+    elif raw.event in MERGE_EVENTS:
+        alias = props.get("alias")
+        if alias is not None and not isinstance(alias, str):
+            alias = ujson.dumps(alias)
+        if alias and alias != target:
+            return idn.merge(target, alias, raw.event == "$merge_dangerously", raw.timestamp)
+    return idn.get_or_create(target, raw.timestamp)

@@ -1,0 +1,137 @@
+"""Identity across partitions and workers: anonymous -> $identify -> $create_alias ends in one person.
+
+Real Kafka, 4 partitions, 2 processor worker processes. The three ids are chosen so their raw events
+hash to three different partitions; each seeded interleaving sends the same events in a different
+global order (each id's own events keep their order, as one client would send them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ujson
+from aiokafka import AIOKafkaConsumer
+from aiokafka.partitioner import DefaultPartitioner
+
+from tests.stack import KAFKA, Stack, poll
+
+PARTITIONS = 4
+
+
+@pytest.fixture(scope="module")
+def two_workers(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    s = Stack(Path(tmp_path_factory.mktemp("identity")), store="chdb", processors=2)
+    try:
+        yield s.start()
+    finally:
+        s.close()
+
+
+def ids_on_distinct_partitions(api_key: str, tag: str) -> tuple[str, str, str]:
+    part = DefaultPartitioner()
+    chosen: dict[int, str] = {}
+    n = 0
+    while len(chosen) < 3:
+        candidate = f"{tag}-{n}"
+        p = part(f"{api_key}:{candidate}".encode(), list(range(PARTITIONS)), list(range(PARTITIONS)))
+        chosen.setdefault(p, candidate)
+        n += 1
+    anon, user, alias = chosen.values()
+    return anon, user, alias
+
+
+def chain(anon: str, user: str, alias: str) -> dict[str, list[dict[str, Any]]]:
+    """Per-id event sequences of one user's journey."""
+    return {
+        anon: [{"event": "$pageview", "distinct_id": anon, "properties": {"$set_once": {"first_seen": "anon"}}}
+               for _ in range(3)],
+        user: [
+            {"event": "$identify", "distinct_id": user, "properties": {"$anon_distinct_id": anon},
+             "$set": {"email": "u@example.com"}},
+            {"event": "$create_alias", "distinct_id": user, "properties": {"alias": alias}},
+            {"event": "purchase", "distinct_id": user, "properties": {"amount": 3}},
+        ],
+        alias: [{"event": "app_open", "distinct_id": alias, "properties": {}} for _ in range(2)],
+    }
+
+
+def interleave(per_id: dict[str, list[dict[str, Any]]], seed: int) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    queues = {k: list(v) for k, v in per_id.items()}
+    out = []
+    while any(queues.values()):
+        key = rng.choice([k for k, q in queues.items() if q])
+        out.append(queues[key].pop(0))
+    return out
+
+
+def changelog_mapping(stack: Stack, team_id: int) -> dict[str, str]:
+    """Fold the processors' identity table changelog: what the Faust tables hold now."""
+
+    async def read() -> dict[str, Any]:
+        topic = f"{stack.prefix}processors-identity-changelog"
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=KAFKA, auto_offset_reset="earliest", group_id=None)
+        await consumer.start()
+        table: dict[str, Any] = {}
+        try:
+            while True:
+                batch = await consumer.getmany(timeout_ms=1000)
+                if not batch:
+                    return table
+                for messages in batch.values():
+                    for m in messages:
+                        key = ujson.loads(m.key)
+                        table[key] = None if m.value is None else ujson.loads(m.value)
+        finally:
+            await consumer.stop()
+
+    table = asyncio.run(read())
+    prefix = f"{team_id}:d:"
+    return {k[len(prefix):]: v["person_id"] for k, v in table.items() if k.startswith(prefix) and v}
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_chain_across_partitions_ends_in_one_person(two_workers: Stack, seed: int) -> None:
+    stack = two_workers
+    api_key = stack.create_team(f"identity-{seed}")
+    anon, user, alias = ids_on_distinct_partitions(api_key, f"s{seed}")
+    events = interleave(chain(anon, user, alias), seed)
+    for event in events:
+        status, body = stack.post("/capture/", {**event, "api_key": api_key})
+        assert status == 200, body
+
+    def mapping() -> list[dict[str, Any]] | None:
+        rows = stack.sql(
+            "SELECT d.distinct_id AS distinct_id, toString(d.person_id) AS person_id, d.team_id AS team_id "
+            "FROM person_distinct_id_current AS d "
+            f"WHERE d.distinct_id IN ('{anon}', '{user}', '{alias}')"
+        )
+        return rows if len(rows) == 3 and len({r["person_id"] for r in rows}) == 1 else None
+
+    rows = poll(mapping, timeout=60, what=f"one person for {anon}, {user}, {alias}")
+    person_id = rows[0]["person_id"]
+    team_id = int(rows[0]["team_id"])
+
+    persons = stack.sql(
+        "SELECT toString(id) AS id, properties, is_identified FROM person_current "
+        f"WHERE team_id = {team_id}"
+    )
+    assert [p["id"] for p in persons] == [person_id]
+    props = ujson.loads(persons[0]["properties"])
+    assert props["email"] == "u@example.com" and props["first_seen"] == "anon"
+    assert int(persons[0]["is_identified"]) == 1
+
+    counted = poll(
+        lambda: (r := stack.sql(f"SELECT count() AS n FROM events WHERE team_id = {team_id}"))
+        and int(r[0]["n"]) == len(events) and r,
+        timeout=30, what="all events in ClickHouse",
+    )
+    assert counted
+    # The Faust table (its changelog) agrees with ClickHouse.
+    table = changelog_mapping(stack, team_id)
+    assert {table[anon], table[user], table[alias]} == {person_id}
