@@ -21,8 +21,12 @@ from clickhouse.store import Store, migrate
 _READ_ONLY = re.compile(r"^\s*(\(\s*)*(SELECT|WITH|SHOW|DESCRIBE|DESC|EXISTS|EXPLAIN)\b", re.IGNORECASE)
 
 
+_WRITES_FILES = re.compile(r"\bINTO\s+OUTFILE\b", re.IGNORECASE)
+
+
 def is_read_only(sql: str) -> bool:
-    return bool(_READ_ONLY.match(sql)) and ";" not in sql.strip().rstrip(";")
+    """One statement that reads: SELECT-like, no second statement, no INTO OUTFILE."""
+    return bool(_READ_ONLY.match(sql)) and ";" not in sql.strip().rstrip(";") and not _WRITES_FILES.search(sql)
 
 
 def build_admin_app(store: Store, executor: Executor, secret: str) -> web.Application:

@@ -16,7 +16,7 @@ from typing import Any
 import ujson
 
 API_KEY_PREFIX = "phc_"
-_API_KEY_SHAPE = re.compile(r"^[\x21-\x7e]{1,64}$")  # printable ASCII, no spaces, at most 64 chars
+_API_KEY_SHAPE = re.compile(r"[\x21-\x7e]{1,64}")  # printable ASCII, no spaces, at most 64 chars
 
 
 def new_api_key() -> str:
@@ -28,7 +28,7 @@ def api_key_shape_error(key: object) -> str | None:
     """Why ``key`` can't be an api key (None when its shape is fine)."""
     if not isinstance(key, str) or not key:
         return "missing_api_key"
-    if not _API_KEY_SHAPE.match(key):
+    if not _API_KEY_SHAPE.fullmatch(key):
         return "invalid_api_key"
     return None
 

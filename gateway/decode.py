@@ -16,6 +16,7 @@ from urllib.parse import parse_qs
 import ujson
 
 from gateway.errors import invalid, too_large
+from gateway.lzstring import LZError, LZTooLarge, decompress_from_base64
 
 GZIP_MAGIC = b"\x1f\x8b"
 _B64_CHARS = re.compile(rb"^[A-Za-z0-9+/=\s_-]+$")
@@ -46,20 +47,19 @@ def b64decode(data: bytes | str) -> bytes:
 
 
 def lz_decompress(data: bytes | str, limit: int) -> bytes:
-    """LZString.compressToBase64 payloads (posthog-js ``compression=lz64``)."""
-    from lzstring import LZString  # imported lazily: only old browser SDKs send it
-
+    """LZString.compressToBase64 payloads (posthog-js ``compression=lz64``), bounded by ``limit``."""
     text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
     text = text.strip().replace(" ", "+")
-    if len(text) * 8 > limit:  # lz-string expands at most ~8x; bound the work before doing it
-        raise too_large(f"Decompressed payload may exceed {limit} bytes")
     try:
-        out = LZString().decompressFromBase64(text)
-    except Exception:  # the library raises assorted errors on garbage
-        out = None
+        out = decompress_from_base64(text, limit)
+    except LZTooLarge:
+        raise too_large(f"Decompressed payload exceeds {limit} bytes") from None
+    except (LZError, IndexError):
+        raise invalid("invalid_payload", "Malformed request data: invalid lz-string") from None
     if not out:
         raise invalid("invalid_payload", "Malformed request data: invalid lz-string")
-    encoded = out.encode("utf-8", "surrogatepass")
+    # lz-string works on UTF-16 code units: join surrogate pairs, replace lone halves.
+    encoded = out.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode("utf-8")
     if len(encoded) > limit:
         raise too_large(f"Decompressed payload exceeds {limit} bytes")
     return encoded
@@ -80,18 +80,23 @@ def decompress(data: bytes, hint: str, limit: int) -> bytes:
     return data
 
 
+_NON_FINITE = re.compile(rb"NaN|Infinity")
+
+
 def loads(data: bytes | str) -> Any:
     """Parse JSON; NaN / Infinity (sent by some SDKs) become null like PostHog's capture does."""
-    try:
-        return ujson.loads(data)
-    except (ValueError, OverflowError, RecursionError, TypeError) as exc:
-        # ujson refuses NaN/Infinity; retry with the stdlib, mapping them to None.
-        import json
-
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    if not _NON_FINITE.search(raw):
         try:
-            return json.loads(data, parse_constant=lambda _c: None)
-        except (ValueError, RecursionError, TypeError):
-            raise invalid("invalid_payload", f"Malformed request data: {exc}") from None
+            return ujson.loads(raw)
+        except (ValueError, OverflowError, RecursionError, TypeError):
+            pass  # the stdlib below gives the error message (and handles what ujson can't)
+    import json
+
+    try:
+        return json.loads(raw, parse_constant=lambda _c: None)
+    except (ValueError, RecursionError, TypeError) as exc:
+        raise invalid("invalid_payload", f"Malformed request data: {exc}") from None
 
 
 def _looks_like_json(data: bytes) -> bool:

@@ -119,7 +119,7 @@ def _distinct_id(event: dict[str, Any], props: dict[str, Any]) -> str:
     if raw is None:
         raise invalid("invalid_payload", "Event field 'distinct_id' is missing.", "distinct_id")
     text = raw if isinstance(raw, str) else ujson.dumps(raw, ensure_ascii=False)
-    if not text.strip() or text in ("null", '""'):
+    if not text.strip():
         raise invalid("invalid_payload", "Event field 'distinct_id' is empty.", "distinct_id")
     return text[:MAX_DISTINCT_ID]
 

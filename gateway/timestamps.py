@@ -84,7 +84,7 @@ def resolve_timestamp(
     elif isinstance(offset_ms, int | float) and not isinstance(offset_ms, bool):
         try:
             result = now - timedelta(milliseconds=offset_ms)
-        except OverflowError:
+        except (OverflowError, ValueError):  # huge, NaN or infinite offsets
             result, warning = now, "ignored_invalid_offset"
     else:
         result = now
