@@ -16,7 +16,7 @@ DateTime64(6) and what :func:`format_ts` writes).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -116,7 +116,8 @@ class RawEvent:
         return f"{self.token}:{self.distinct_id}".encode()
 
     def to_json(self) -> bytes:
-        return ujson.dumps(asdict(self), ensure_ascii=False).encode()
+        # Not dataclasses.asdict: it deep-copies ``data`` first, which was ~40% of the gateway's CPU.
+        return ujson.dumps({f: getattr(self, f) for f in _RAW_FIELDS}, ensure_ascii=False).encode()
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> RawEvent:
@@ -125,6 +126,8 @@ class RawEvent:
             raise ValueError("raw event is not a JSON object")
         return cls(**obj)
 
+
+_RAW_FIELDS = tuple(f.name for f in fields(RawEvent))
 
 # Column order of the event rows the processors emit; the sink inserts exactly these (plus the Kafka
 # coordinates) and clickhouse/schema.py checks the events table against it.

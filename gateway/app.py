@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from datetime import UTC, datetime
@@ -19,7 +20,7 @@ from gateway.client_ip import client_ip, parse_networks
 from gateway.decode import loads, payload_bytes
 from gateway.errors import CaptureError, invalid, too_large, unauthorized, unavailable
 from gateway.events import RequestContext, parse_events
-from gateway.metrics import Metrics
+from eventpipe.metrics import GatewayMetrics as Metrics
 from gateway.openapi import CAPTURE_ROUTES, build_spec
 from gateway.timestamps import parse_time
 
@@ -208,5 +209,9 @@ def build_app(settings: Settings) -> web.Application:
 def serve(settings: Settings) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = build_app(settings)
+    # Requests allocate many short-lived objects: fewer young-generation collections, and nothing
+    # imported at start-up is ever scanned again (measured: GC was 8-13% of the gateway's CPU).
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
     log.info("capture gateway on http://%s:%d/capture/", settings.host, settings.port)
     web.run_app(app, host=settings.host, port=settings.port, print=None, shutdown_timeout=15, access_log=None)

@@ -1,4 +1,4 @@
-"""Minimal Prometheus text-format metrics (counters by label, one latency histogram)."""
+"""Minimal Prometheus text-format metrics: labelled counters and gauges, latency histograms."""
 
 from __future__ import annotations
 
@@ -50,7 +50,19 @@ class Histogram:
         return lines
 
 
-class Metrics:
+class Gauge(Counter):
+    def set(self, label: str, value: float) -> None:
+        self.values[label] = value
+
+    def render(self) -> list[str]:
+        return [line.replace(" counter", " gauge") if line.startswith("# TYPE") else line for line in super().render()]
+
+
+def render(*metrics: Counter | Histogram) -> str:
+    return "\n".join(line for m in metrics for line in m.render()) + "\n"
+
+
+class GatewayMetrics:
     def __init__(self) -> None:
         self.requests = Counter("eventpipe_gateway_requests_total", "Capture requests by route.", "route")
         self.events = Counter("eventpipe_gateway_events_total", "Events accepted by route.", "route")
@@ -61,5 +73,17 @@ class Metrics:
         )
 
     def render(self) -> str:
-        parts = [self.requests, self.events, self.bytes, self.errors, self.produce_latency]
-        return "\n".join(line for m in parts for line in m.render()) + "\n"
+        return render(self.requests, self.events, self.bytes, self.errors, self.produce_latency)
+
+
+class SinkMetrics:
+    def __init__(self) -> None:
+        self.rows = Counter("eventpipe_sink_rows_total", "Rows inserted, by table.", "table")
+        self.batches = Counter("eventpipe_sink_batches_total", "Batches inserted, by table.", "table")
+        self.retries = Counter("eventpipe_sink_insert_retries_total", "Failed inserts retried, by table.", "table")
+        self.dead_letters = Counter("eventpipe_sink_dead_letters_total", "Rows refused by ClickHouse.", "table")
+        self.lag = Gauge("eventpipe_sink_consumer_lag", "Messages behind the partition's end.", "partition")
+        self.insert_latency = Histogram("eventpipe_sink_insert_seconds", "Time of one batch insert.")
+
+    def render(self) -> str:
+        return render(self.rows, self.batches, self.retries, self.dead_letters, self.lag, self.insert_latency)

@@ -1,0 +1,39 @@
+"""``python -m bench [NAME ...] [options]``: run the named benchmarks (default: all of them)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from types import ModuleType
+
+from bench import gateway
+
+BENCHMARKS: dict[str, ModuleType] = {"gateway": gateway}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="eventpipe benchmarks; they print figures and never assert on timings.",
+    )
+    p.add_argument(
+        "names", nargs="*", metavar="NAME", help=f"benchmarks to run (default: all of {', '.join(BENCHMARKS)})"
+    )
+    for module in BENCHMARKS.values():
+        module.add_arguments(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    unknown = [n for n in args.names if n not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+    for name in args.names or list(BENCHMARKS):
+        BENCHMARKS[name].run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
