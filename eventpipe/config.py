@@ -84,6 +84,7 @@ class Settings:
     partitions: int = 4
     admin_host: str = "127.0.0.1"
     admin_secret: str = ""
+    admin_port: int = 0
     produce_timeout_s: float = 10.0
     max_body_bytes: int = 2 * 1024 * 1024
     max_batch_body_bytes: int = 20 * 1024 * 1024
@@ -108,6 +109,7 @@ def load() -> Settings:
         partitions=_int("PARTITIONS", 4),
         admin_host=_env("ADMIN_HOST", "127.0.0.1"),
         admin_secret=_env("ADMIN_SECRET", ""),
+        admin_port=_int("ADMIN_PORT", 0),
         produce_timeout_s=float(_env("PRODUCE_TIMEOUT_S", "10")),
         max_body_bytes=_int("MAX_BODY_BYTES", 2 * 1024 * 1024),
         max_batch_body_bytes=_int("MAX_BATCH_BODY_BYTES", 20 * 1024 * 1024),

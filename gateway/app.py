@@ -16,11 +16,11 @@ from aiokafka.errors import KafkaError
 from eventpipe.config import Settings
 from eventpipe.contract import RawEvent
 from eventpipe.kafka import RegistryReader, ensure_topics, producer, topics_for
+from eventpipe.metrics import GatewayMetrics as Metrics
 from gateway.client_ip import client_ip, parse_networks
 from gateway.decode import loads, payload_bytes
 from gateway.errors import CaptureError, invalid, too_large, unauthorized, unavailable
 from gateway.events import RequestContext, parse_events
-from eventpipe.metrics import GatewayMetrics as Metrics
 from gateway.openapi import CAPTURE_ROUTES, build_spec
 from gateway.timestamps import parse_time
 
