@@ -1,9 +1,16 @@
 """The sink: Kafka row topics -> batched ClickHouse inserts -> offset commits.
 
-Offsets are committed only after ClickHouse acknowledged the insert of every row below them, so a
-crash re-reads rows rather than losing them; each batch carries an ``insert_deduplication_token``
-naming its offset range so a re-sent range is stored once. While an insert keeps failing the sink
-retries the same batch with backoff and pauses consumption (backpressure instead of memory growth).
+* Offsets are committed only after ClickHouse acknowledged the insert of every row below them, so a
+  crash re-reads rows rather than losing them.
+* Each batch is one (topic, partition) offset range and carries ``insert_deduplication_token =
+  topic:partition:first-last``. Before inserting, the sink commits the batch's *start* offset with
+  metadata ``pending:<last>``; a sink that restarts (or takes over the partition) reads that
+  metadata and cuts its first batch at exactly the same offsets, so the re-sent block has the same
+  token and ClickHouse stores it once.
+* ClickHouse unreachable or overloaded: the same batch is retried with exponential backoff and
+  jitter while consumption is paused (memory stays bounded, the consumer keeps its group membership).
+* Rows ClickHouse refuses: the batch is bisected until the refused rows are isolated; they go to the
+  dead-letter topic with the server's error, the rest is inserted.
 """
 
 from __future__ import annotations
@@ -12,23 +19,31 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import ujson
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.structs import OffsetAndMetadata
 
 from clickhouse.admin import build_admin_app
 from clickhouse.batch import PartitionBuffer, dedup_token
 from clickhouse.owner import DirLock, OwnerInfo, new_secret
-from clickhouse.store import KafkaRow, Store, migrate, open_store
+from clickhouse.store import KafkaRow, Store, is_retryable, migrate, open_store
 from eventpipe.config import Settings
-from eventpipe.kafka import ensure_topics, topics_for
+from eventpipe.contract import dead_letter, now_ts
+from eventpipe.kafka import ensure_topics, producer, topics_for
+from eventpipe.metrics import SinkMetrics
 from eventpipe.supervisor import mark_ready
 
 log = logging.getLogger("eventpipe.sink")
+
+PENDING = "pending:"
+MAX_BACKOFF_S = 30.0
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -37,11 +52,16 @@ class _Rebalance(ConsumerRebalanceListener):
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         # Write and commit what we hold for partitions we are losing, so the next owner starts clean.
+        # (Not while an insert is in flight: then the buffers are dropped; the committed pending
+        # range makes the next owner re-cut the same batch.)
         for tp in revoked:
-            await self.sink.flush(tp, force=True)
+            if not self.sink.inserting:
+                await self.sink.flush(tp, force=True)
             self.sink.buffers.pop(tp, None)
+            self.sink.pinned.pop(tp, None)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self.sink.load_pins(assigned)
         log.info("sink assigned %s", sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
         mark_ready(self.sink.settings, "sink")
 
@@ -49,12 +69,17 @@ class _Rebalance(ConsumerRebalanceListener):
 class Sink:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.table_of = topics_for(settings).sink_tables()
+        self.topics = topics_for(settings)
+        self.table_of = self.topics.sink_tables()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self.buffers: dict[TopicPartition, PartitionBuffer] = {}
+        self.pinned: dict[TopicPartition, int] = {}  # tp -> last offset of a batch that must be re-cut
         self.store: Store | None = None
         self.consumer: AIOKafkaConsumer | None = None
+        self.dlq: AIOKafkaProducer | None = None
+        self.metrics = SinkMetrics()
         self.rows_written = 0
+        self.inserting = False
         self._lock: DirLock | None = None
         self._admin: web.AppRunner | None = None
 
@@ -63,34 +88,54 @@ class Sink:
         # Kafka fetcher) running while ClickHouse works.
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
+    # -- start-up --------------------------------------------------------------------------------
     async def open(self) -> None:
         url = self.settings.store
         if url.kind == "chdb":
             assert url.path is not None
             self._lock = DirLock(url.path)
             self._lock.acquire()
-        self.store = await self._call(open_store, url)
-        await self._call(migrate, self.store)
-        if url.kind == "chdb":
-            await self._serve_admin()
+        delay = 0.5
+        while True:  # a ClickHouse server that is not up yet is waited for, not a crash
+            try:
+                self.store = await self._call(open_store, url)
+                await self._call(migrate, self.store)
+                break
+            except Exception as exc:
+                if not is_retryable(exc):
+                    raise
+                log.warning("ClickHouse %s unreachable (%r); retrying in %.1fs", url.redacted(), exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF_S)
+        await self._serve_admin()
         log.info("sink store %s (ClickHouse %d.%d)", url.redacted(), *self.store.dialect.version)
 
     async def _serve_admin(self) -> None:
-        assert self.store is not None and self.settings.store.path is not None
+        """Loopback admin endpoint (SQL, migrations, /metrics) behind a bearer secret."""
+        assert self.store is not None
         secret = self.settings.admin_secret or new_secret()
-        runner = web.AppRunner(build_admin_app(self.store, self.executor, secret), access_log=None)
+        app = build_admin_app(self.store, self.executor, secret)
+        app.router.add_get("/metrics", self._metrics)
+        runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, self.settings.admin_host, 0)
+        site = web.TCPSite(runner, self.settings.admin_host, self.settings.admin_port)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        OwnerInfo(os.getpid(), f"http://{self.settings.admin_host}:{port}", secret).write(self.settings.store.path)
+        url = self.settings.store
+        if url.kind == "chdb" and url.path is not None:
+            OwnerInfo(os.getpid(), f"http://{self.settings.admin_host}:{port}", secret).write(url.path)
         self._admin = runner
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        return web.Response(text=self.metrics.render(), content_type="text/plain")
 
     async def start_consumer(self) -> None:
         await ensure_topics(self.settings)
+        self.dlq = producer(self.settings)
+        await self.dlq.start()
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.kafka_bootstrap,
-            group_id=topics_for(self.settings).group("sink"),
+            group_id=self.topics.group("sink"),
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=8 * 1024 * 1024,
@@ -101,35 +146,117 @@ class Sink:
         await self.consumer.start()
         self.consumer.subscribe(list(self.table_of), listener=_Rebalance(self))
 
+    async def load_pins(self, assigned: list[TopicPartition]) -> None:
+        """Read the pending batch ranges a previous owner committed before inserting."""
+        assert self.consumer is not None
+        # aiokafka's public committed() drops the metadata; the coordinator call returns it.
+        committed = await self.consumer._coordinator.fetch_committed_offsets(assigned)
+        for tp, meta in committed.items():
+            if meta.metadata.startswith(PENDING) and meta.offset >= 0:
+                self.pinned[tp] = int(meta.metadata[len(PENDING) :])
+                log.info("%s:%d resumes a pending batch %d-%d", tp.topic, tp.partition, meta.offset, self.pinned[tp])
+
+    # -- batching ----------------------------------------------------------------------------------
+    def _next_batch(self, tp: TopicPartition, buf: PartitionBuffer, force: bool) -> list[KafkaRow] | None:
+        pin = self.pinned.get(tp)
+        if pin is not None:
+            if buf.rows[-1].offset < pin and not force:
+                return None  # wait until the whole pending range is back
+            n = sum(1 for r in buf.rows if r.offset <= pin)
+            self.pinned.pop(tp)
+            return buf.take(n)
+        if force or buf.due(time.monotonic(), self.settings.sink_batch_rows, self.settings.sink_batch_seconds):
+            return buf.take(self.settings.sink_batch_rows)
+        return None
+
     async def flush(self, tp: TopicPartition, force: bool = False) -> None:
         buf = self.buffers.get(tp)
-        if buf is None or not buf.rows:
-            return
-        max_rows = self.settings.sink_batch_rows
-        while buf.rows and (force or buf.due(time.monotonic(), max_rows, self.settings.sink_batch_seconds)):
-            rows = buf.take(max_rows)
-            await self._insert_until_done(self.table_of[tp.topic], tp, rows)
-            assert self.consumer is not None
-            try:
-                await self.consumer.commit({tp: rows[-1].offset + 1})
-            except (CommitFailedError, KafkaError) as exc:
-                # The rows are in ClickHouse; the next owner re-reads them and the token dedups.
-                log.warning("commit of %s:%d failed after insert: %r", tp.topic, tp.partition, exc)
-            self.rows_written += len(rows)
-
-    async def _insert_until_done(self, table: str, tp: TopicPartition, rows: list[KafkaRow]) -> None:
-        assert self.store is not None and self.consumer is not None
-        token = dedup_token(tp.topic, tp.partition, rows)
-        delay = 0.2
-        while True:
-            try:
-                await self._call(self.store.insert, table, rows, token)
+        assert self.consumer is not None
+        while buf is not None and buf.rows:
+            rows = self._next_batch(tp, buf, force)
+            if not rows:
                 return
-            except Exception as exc:  # any store error: the same batch is retried, never skipped
-                log.warning("insert of %d rows into %s failed (%r); retrying in %.1fs", len(rows), table, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+            first, last = rows[0].offset, rows[-1].offset
+            table = self.table_of[tp.topic]
+            try:
+                await self.consumer.commit({tp: OffsetAndMetadata(first, f"{PENDING}{last}")})
+                self.inserting = True
+                refused = await self._write(table, tp, rows, dedup_token(tp.topic, tp.partition, rows))
+                await self._dead_letter(table, refused)
+                await self.consumer.commit({tp: OffsetAndMetadata(last + 1, "")})
+            except KafkaError as exc:
+                # Not ours any more (rebalance) or Kafka trouble: the rows are re-read from the
+                # committed offset; the pending range makes the re-sent batch deduplicate.
+                log.warning(
+                    "commit for %s:%d failed: %r; batch %d-%d will be re-read", tp.topic, tp.partition, exc, first, last
+                )
+                self.buffers.pop(tp, None)
+                return
+            finally:
+                self.inserting = False
+            self.rows_written += len(rows) - len(refused)
+            self.metrics.rows.inc(table, len(rows) - len(refused))
+            self.metrics.batches.inc(table)
+            log.debug("batch %s inserted: %d rows", dedup_token(tp.topic, tp.partition, rows), len(rows))
 
+    async def _write(
+        self, table: str, tp: TopicPartition, rows: list[KafkaRow], token: str
+    ) -> list[tuple[KafkaRow, str]]:
+        """Insert ``rows``; returns the rows ClickHouse refused, with its error."""
+        try:
+            await self._insert_retrying(table, rows, token)
+            return []
+        except Exception as exc:
+            if len(rows) == 1:
+                return [(rows[0], str(exc).strip().splitlines()[0][:1000] if str(exc).strip() else repr(exc))]
+            log.warning("batch %s refused (%r); bisecting to isolate the bad rows", token, exc)
+            mid = len(rows) // 2  # deterministic halves, so a retry after a crash re-cuts them identically
+            left = await self._write(table, tp, rows[:mid], f"{token}/a")
+            right = await self._write(table, tp, rows[mid:], f"{token}/b")
+            return left + right
+
+    async def _insert_retrying(self, table: str, rows: list[KafkaRow], token: str) -> None:
+        """Insert; retry forever while the failure is "ClickHouse unavailable", raise data errors."""
+        assert self.store is not None and self.consumer is not None
+        delay = 0.2
+        paused = False
+        try:
+            while True:
+                started = time.perf_counter()
+                try:
+                    await self._call(self.store.insert, table, rows, token)
+                    self.metrics.insert_latency.observe(time.perf_counter() - started)
+                    return
+                except Exception as exc:
+                    if not is_retryable(exc):
+                        raise
+                    self.metrics.retries.inc(table)
+                    wait = delay * random.uniform(0.5, 1.5)  # jitter: replicas don't retry in lockstep
+                    log.warning("insert %s (%d rows) failed: %r; retrying in %.1fs", token, len(rows), exc, wait)
+                    if not paused:
+                        self.consumer.pause(*self.consumer.assignment())
+                        paused = True
+                    # Poll while paused: keeps the group membership alive and fetches nothing new.
+                    await self.consumer.getmany(timeout_ms=int(wait * 1000))
+                    delay = min(delay * 2, MAX_BACKOFF_S)
+        finally:
+            if paused:
+                self.consumer.resume(*self.consumer.assignment())
+
+    async def _dead_letter(self, table: str, refused: list[tuple[KafkaRow, str]]) -> None:
+        if not refused:
+            return
+        assert self.dlq is not None
+        futures = []
+        for row, error in refused:
+            letter = dead_letter(f"clickhouse refused row for {table}: {error}", row.value, "sink", now_ts())
+            letter["partition"], letter["offset"] = row.partition, row.offset
+            futures.append(await self.dlq.send(self.topics.dead_letters, ujson.dumps(letter).encode()))
+        await asyncio.gather(*futures)  # acked before the offsets move past these rows
+        self.metrics.dead_letters.inc(table, len(refused))
+        log.warning("%d rows for %s refused by ClickHouse, sent to %s", len(refused), table, self.topics.dead_letters)
+
+    # -- main loop ---------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         await self.open()
         await self.start_consumer()
@@ -146,8 +273,13 @@ class Sink:
                     for m in messages:
                         if m.value is not None:
                             buf.add(KafkaRow(m.value, m.timestamp, m.offset, m.partition), now)
+                    if messages:
+                        end = self.consumer.highwater(tp)
+                        if end is not None:
+                            self.metrics.lag.set(f"{tp.topic}:{tp.partition}", end - messages[-1].offset - 1)
                 for tp in list(self.buffers):
                     await self.flush(tp)
+            log.info("stopping: flushing %d buffered rows", sum(len(b.rows) for b in self.buffers.values()))
             for tp in list(self.buffers):
                 await self.flush(tp, force=True)
         finally:
@@ -158,9 +290,12 @@ class Sink:
             with contextlib.suppress(KafkaError):
                 await self.consumer.stop()
             self.consumer = None
+        if self.dlq is not None:
+            await self.dlq.stop()
+            self.dlq = None
         if self._admin is not None:
-            assert self.settings.store.path is not None
-            OwnerInfo.remove(self.settings.store.path)
+            if self.settings.store.kind == "chdb" and self.settings.store.path is not None:
+                OwnerInfo.remove(self.settings.store.path)
             await self._admin.cleanup()
             self._admin = None
         if self.store is not None:

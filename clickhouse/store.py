@@ -197,6 +197,22 @@ class ChdbStore:
         self.session.close()
 
 
+# Server error codes worth retrying as they are (the data is fine, the server is not).
+_RETRYABLE_CODES = frozenset({159, 164, 202, 209, 210, 225, 241, 242, 252, 319, 425, 999})
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """True for "ClickHouse is unreachable or overloaded" (retry the same batch), False for "this data
+    is refused" (find the rows and dead-letter them)."""
+    from clickhouse_driver import errors
+
+    if isinstance(exc, errors.NetworkError | errors.SocketTimeoutError | EOFError | OSError | TimeoutError):
+        return True
+    if isinstance(exc, errors.ServerException):
+        return exc.code in _RETRYABLE_CODES
+    return False
+
+
 def open_store(url: StoreURL) -> Store:
     return ChdbStore(url) if url.kind == "chdb" else ServerStore(url)
 
