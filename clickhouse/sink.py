@@ -32,7 +32,7 @@ from aiokafka.structs import OffsetAndMetadata
 
 from clickhouse.admin import build_admin_app
 from clickhouse.batch import PartitionBuffer, dedup_token
-from clickhouse.owner import DirLock, OwnerInfo, new_secret
+from clickhouse.owner import DirectoryBusy, DirLock, OwnerInfo, new_secret
 from clickhouse.store import KafkaRow, Store, is_retryable, migrate, open_store
 from eventpipe.config import Settings
 from eventpipe.contract import dead_letter, now_ts
@@ -94,7 +94,7 @@ class Sink:
         if url.kind == "chdb":
             assert url.path is not None
             self._lock = DirLock(url.path)
-            self._lock.acquire()
+            await self._acquire(self._lock)
         delay = 0.5
         while True:  # a ClickHouse server that is not up yet is waited for, not a crash
             try:
@@ -109,6 +109,17 @@ class Sink:
                 delay = min(delay * 2, MAX_BACKOFF_S)
         await self._serve_admin()
         log.info("sink store %s (ClickHouse %d.%d)", url.redacted(), *self.store.dialect.version)
+
+    @staticmethod
+    async def _acquire(lock: DirLock) -> None:
+        # A CLI that opened the directory for a moment (no sink was running) releases it soon.
+        while True:
+            try:
+                lock.acquire()
+                return
+            except DirectoryBusy:
+                log.info("waiting for %s", lock.path)
+                await asyncio.sleep(0.5)
 
     async def _serve_admin(self) -> None:
         """Loopback admin endpoint (SQL, migrations, /metrics) behind a bearer secret."""

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -37,19 +38,10 @@ def _cmd_teams(args: argparse.Namespace, settings: config.Settings) -> int:
     return 0
 
 
-def _owner_request(settings: config.Settings, path: str, payload: dict[str, Any] | None) -> dict[str, Any] | None:
-    """POST to the process holding the chDB directory; None when no process holds it."""
-    from clickhouse.owner import OwnerInfo
-
-    store = settings.store
-    if store.kind != "chdb" or store.path is None:
-        return None
-    owner = OwnerInfo.read(store.path)
-    if owner is None:
-        return None
+def _post_owner(owner: Any, path: str, payload: dict[str, Any]) -> dict[str, Any]:
     req = urllib.request.Request(
         owner.url + path,
-        data=json.dumps(payload or {}).encode(),
+        data=json.dumps(payload).encode(),
         headers={"Authorization": f"Bearer {owner.secret}", "Content-Type": "application/json"},
         method="POST",
     )
@@ -61,37 +53,56 @@ def _owner_request(settings: config.Settings, path: str, payload: dict[str, Any]
         raise SystemExit(f"error: {body.get('error', exc)}") from None
 
 
-def _with_local_store(settings: config.Settings, fn: Any) -> Any:
-    """Open the configured store in this process (taking the chDB lock when it is embedded)."""
-    from clickhouse.owner import DirectoryBusy, DirLock
+def _on_store(settings: config.Settings, path: str, payload: dict[str, Any], local: Any) -> Any:
+    """Run against the configured store: through the process that holds an embedded chDB directory
+    (its admin endpoint), or by opening the store here (``local(store)``) when no process holds it.
+    A directory that is locked but not yet served (its owner is starting) is waited for."""
+    from clickhouse.owner import DirectoryBusy, DirLock, OwnerInfo
     from clickhouse.store import open_store
 
     url = settings.store
-    lock = DirLock(url.path) if url.kind == "chdb" and url.path else None
-    if lock:
+    if url.kind != "chdb" or url.path is None:
+        store = open_store(url)
+        try:
+            return local(store)
+        finally:
+            store.close()
+    deadline = time.monotonic() + 60
+    while True:
+        owner = OwnerInfo.read(url.path)
+        if owner is not None:
+            return _post_owner(owner, path, payload)
+        lock = DirLock(url.path)
         try:
             lock.acquire()
         except DirectoryBusy:
-            raise SystemExit(f"error: {url.path} is held by another process that serves no admin endpoint") from None
-    try:
-        store = open_store(url)
+            if time.monotonic() > deadline:
+                raise SystemExit(f"error: {url.path} is held by a process that serves no admin endpoint") from None
+            time.sleep(0.2)
+            continue
         try:
-            return fn(store)
+            store = open_store(url)
+            try:
+                return local(store)
+            finally:
+                store.close()
         finally:
-            store.close()
-    finally:
-        if lock:
             lock.release()
 
 
 def _cmd_sql(args: argparse.Namespace, settings: config.Settings) -> int:
+    from clickhouse.admin import is_read_only
+
     params = dict(p.split("=", 1) for p in args.param)
-    remote = _owner_request(settings, "/sql", {"sql": args.query, "params": params or None})
-    if remote is not None:
-        columns, rows = remote["columns"], [tuple(r) for r in remote["rows"]]
-    else:
-        result = _with_local_store(settings, lambda store: store.query(args.query, params or None))
-        columns, rows = result.columns, result.rows
+    if not is_read_only(args.query):
+        raise SystemExit("error: only one read-only statement (SELECT/SHOW/DESCRIBE/EXISTS/EXPLAIN)")
+
+    def local(store: Any) -> dict[str, Any]:
+        result = store.query(args.query, params or None)
+        return {"columns": result.columns, "rows": result.rows}
+
+    answer = _on_store(settings, "/sql", {"sql": args.query, "params": params or None}, local)
+    columns, rows = answer["columns"], [tuple(r) for r in answer["rows"]]
     fmt = args.format or ("table" if sys.stdout.isatty() else "tsv")
     if fmt == "json":
         print(json.dumps([dict(zip(columns, r, strict=True)) for r in rows], default=str, ensure_ascii=False))
@@ -107,12 +118,10 @@ def _cmd_migrate(args: argparse.Namespace, settings: config.Settings) -> int:
     from clickhouse.store import migrate
 
     suffix = "?dry_run=1" if args.dry_run else ""
-    remote = _owner_request(settings, "/migrate" + suffix, {})
-    statements = (
-        remote["statements"]
-        if remote is not None
-        else _with_local_store(settings, lambda store: migrate(store, dry_run=args.dry_run))
+    answer = _on_store(
+        settings, "/migrate" + suffix, {}, lambda store: {"statements": migrate(store, dry_run=args.dry_run)}
     )
+    statements = answer["statements"]
     for sql in statements:
         print(sql.rstrip() + ";\n")
     if not args.dry_run:

@@ -155,6 +155,17 @@ class Stack:
         except OSError:
             return False
 
+    def kill(self, stage: str) -> None:
+        """SIGKILL every running process of ``stage`` (a crash, not a shutdown)."""
+        for proc, log in zip(self.procs, self.logs, strict=True):
+            if log.name.startswith(stage) and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    def pid(self, stage: str) -> int:
+        return next(p.pid for p, log in zip(self.procs, self.logs, strict=True)
+                    if log.name.startswith(stage) and p.poll() is None)
+
     def dump_logs(self) -> None:
         for log in self.logs:
             print(f"==== {log.name}\n{log.read_text(errors='replace')[-4000:]}", file=sys.stderr)
