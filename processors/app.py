@@ -2,38 +2,62 @@
 
 ``route`` (source: raw events, keyed ``token:distinct_id``) resolves the api key to a team and
 re-keys the event by team onto ``events_by_team``. ``persons`` (source: ``events_by_team``) owns the
-team's identity state in Faust tables — distinct ids, persons, groups — so every merge of a team is
+team's identity state in one Faust table — distinct ids, persons, groups — so every merge of a team is
 decided by one agent instance, in one order, whatever partitions its ids came from (docs/identity.md).
 
-Processing is at-least-once: Faust flushes the producer (changelog writes and emitted rows) before it
-commits source offsets. The identity state is ONE table, so its changelog is one totally ordered
-partition per team: after a SIGKILL the restored state is a prefix of the writes, and re-processing
-the uncommitted events on top of it converges to the same mapping because every operation is
-idempotent (see docs/identity.md). Re-emitted rows collapse in ClickHouse (ReplacingMergeTree).
+Both agents take events in small batches (``take_events``): the rows of a batch are sent with a plain
+aiokafka producer and their acks awaited before the loop body returns, i.e. before Faust may ack and
+commit the batch's offsets; Faust flushes its own producer (the table changelog) before each commit.
+So processing is at-least-once, and the ``persons`` agent makes replays harmless with a per-team
+watermark of applied offsets (see docs/identity.md).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 import faust
 import ujson
+from aiokafka import AIOKafkaProducer
 
 from eventpipe.config import Settings
 from eventpipe.contract import RawEvent, dead_letter, now_ts
-from eventpipe.kafka import RegistryReader, ensure_topics, topics_for
+from eventpipe.kafka import RegistryReader, ensure_topics, producer, topics_for
 from eventpipe.supervisor import mark_ready
 from processors.identity import State
-from processors.transform import process_with_persons, unknown_team
+from processors.transform import already_applied, process_with_persons, replay_rows, unknown_team
 
 log = logging.getLogger("eventpipe.processors")
+
 # faust-streaming 0.15's exactly_once left transactions uncommitted against Kafka 4.1 in our tests.
 PROCESSING_GUARANTEE = "at_least_once"
+BATCH = 1000
+BATCH_WINDOW_S = 0.02
 
 
 def _dumps(obj: object) -> bytes:
     return ujson.dumps(obj, ensure_ascii=False).encode()
+
+
+class Outbox:
+    """Rows of one batch: sent without waiting, then all acks awaited at once (no per-event round trip)."""
+
+    def __init__(self, prod: AIOKafkaProducer) -> None:
+        self.prod = prod
+        self.pending: list[asyncio.Future[Any]] = []
+
+    async def send(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+        self.pending.append(await self.prod.send(topic, value, key=key))
+
+    async def rows(self, topic: str, rows: list[dict[str, Any]], key: str | None = None) -> None:
+        for row in rows:
+            await self.send(topic, _dumps(row), str(row[key]).encode() if key else None)
+
+    async def flush(self) -> None:
+        pending, self.pending = self.pending, []
+        await asyncio.gather(*pending)
 
 
 def build_app(settings: Settings) -> faust.App:
@@ -49,7 +73,7 @@ def build_app(settings: Settings) -> faust.App:
         value_serializer="raw",
         producer_linger_ms=5,
         broker_commit_every=10_000,
-        broker_commit_interval=0.2,  # a transaction (and so the rows' visibility) every 200 ms
+        broker_commit_interval=0.2,
         stream_buffer_maxsize=8192,
         table_standby_replicas=0,
         web_enabled=False,
@@ -57,73 +81,86 @@ def build_app(settings: Settings) -> faust.App:
     )
     raw_topic = app.topic(topics.raw_events, key_type=bytes, value_type=bytes)
     by_team = app.topic(topics.events_by_team, key_type=bytes, value_type=bytes, partitions=settings.partitions)
-    outputs = {
-        name: app.topic(name, key_type=bytes, value_type=bytes)
-        for name in (
-            topics.events,
-            topics.persons,
-            topics.person_distinct_ids,
-            topics.groups,
-            topics.ingestion_warnings,
-            topics.dead_letters,
-        )
-    }
-
     schema = faust.Schema(key_serializer="json", value_serializer="json")
     identity = app.Table("identity", default=None, partitions=settings.partitions, schema=schema)
     state = State(distinct_ids=identity, persons=identity, groups=identity)
     registry = RegistryReader(settings)
-
-    async def emit(topic: str, rows: list[dict[str, Any]], key: str | None = None) -> None:
-        # send() only enqueues; the transaction commit waits for every ack before the offsets move.
-        for row in rows:
-            await outputs[topic].send(key=str(row[key]).encode() if key else None, value=_dumps(row))
-
-    async def dead(reason: str, value: bytes, key: bytes | None) -> None:
-        await outputs[topics.dead_letters].send(
-            key=key, value=_dumps(dead_letter(reason, value, "processors", now_ts()))
-        )
+    edges: dict[str, AIOKafkaProducer] = {}
+    started = asyncio.Event()
 
     @app.task
-    async def start_registry() -> None:
-        await ensure_topics(settings)
+    async def start_edges() -> None:
+        # aiokafka clients must be created inside the running loop, so not in build_app.
+        edges["producer"] = producer(settings, linger_ms=5)
+        await edges["producer"].start()
         await registry.start()
+        started.set()
+
+    async def outbox() -> Outbox:
+        if not started.is_set():
+            await started.wait()
+        return Outbox(edges["producer"])
+
+    async def dead(out: Outbox, reason: str, value: bytes, key: bytes | None) -> None:
+        await out.send(topics.dead_letters, _dumps(dead_letter(reason, value, "processors", now_ts())), key)
 
     @app.agent(raw_topic)
     async def route(stream: faust.StreamT) -> None:
-        async for key, value in stream.items():
-            try:
-                raw = RawEvent.from_json(value)
-            except (ValueError, TypeError) as exc:
-                await dead(f"unparseable raw event: {exc}", value, key)
-                continue
-            team_id = await registry.resolve(raw.token)
-            if team_id is None:
-                await emit(topics.ingestion_warnings, unknown_team(raw).warnings)
-                continue
-            # Splice instead of re-encoding: {"team_id": N, "raw": <the raw event as received>}.
-            await by_team.send(key=str(team_id).encode(), value=b'{"team_id":%d,"raw":%s}' % (team_id, value))
+        async for events in stream.take_events(BATCH, within=BATCH_WINDOW_S):
+            out = await outbox()
+            for event in events:
+                value = event.value
+                try:
+                    raw = RawEvent.from_json(value)
+                except (ValueError, TypeError) as exc:
+                    await dead(out, f"unparseable raw event: {exc}", value, event.key)
+                    continue
+                team_id = registry.team_id(raw.token)
+                if team_id is None:
+                    team_id = await registry.resolve(raw.token)  # only unknown keys wait for a catch-up
+                if team_id is None:
+                    await out.rows(topics.ingestion_warnings, unknown_team(raw).warnings)
+                    continue
+                # Splice instead of re-encoding: {"team_id": N, "raw": <the raw event as received>}.
+                await out.send(
+                    topics.events_by_team, b'{"team_id":%d,"raw":%s}' % (team_id, value), str(team_id).encode()
+                )
+            await out.flush()
 
     @app.agent(by_team)
     async def persons(stream: faust.StreamT) -> None:
-        async for key, value in stream.items():
-            try:
-                envelope = ujson.loads(value)
-                raw = RawEvent(**envelope["raw"])
-                rows, emitted = process_with_persons(raw, int(envelope["team_id"]), state)
-            except Exception as exc:  # one poisonous event must not stall the team: dead-letter it
-                log.exception("event could not be processed")
-                await dead(f"processing failed: {exc!r}", value, key)
-                continue
-            await emit(topics.person_distinct_ids, emitted.distinct_ids, "distinct_id")
-            await emit(topics.persons, emitted.persons, "id")
-            await emit(topics.groups, emitted.groups, "group_key")
-            await emit(topics.events, rows.events, "uuid")
-            await emit(topics.ingestion_warnings, rows.warnings)
+        async for events in stream.take_events(BATCH, within=BATCH_WINDOW_S):
+            out = await outbox()
+            for event in events:
+                # Table writes go to the changelog partition of "the current event"; take_events
+                # doesn't set it per event, so do it here as Faust's own iteration does.
+                stream._set_current_event(event)
+                value = event.value
+                position = (event.message.partition, event.message.offset)
+                try:
+                    envelope = ujson.loads(value)
+                    raw = RawEvent(**envelope["raw"])
+                    team_id = int(envelope["team_id"])
+                    if already_applied(state, team_id, position):
+                        rows, emitted = replay_rows(raw, team_id, state)
+                    else:
+                        rows, emitted = process_with_persons(raw, team_id, state, position)
+                except Exception as exc:  # one poisonous event must not stall the team: dead-letter it
+                    log.exception("event could not be processed")
+                    await dead(out, f"processing failed: {exc!r}", value, event.key)
+                    continue
+                await out.rows(topics.person_distinct_ids, emitted.distinct_ids, "distinct_id")
+                await out.rows(topics.persons, emitted.persons, "id")
+                await out.rows(topics.groups, emitted.groups, "group_key")
+                await out.rows(topics.events, rows.events, "uuid")
+                await out.rows(topics.ingestion_warnings, rows.warnings)
+            await out.flush()
 
     @app.on_before_shutdown.connect
-    async def stop_registry(_sender: object, **_kwargs: object) -> None:
+    async def stop_edges(_sender: object, **_kwargs: object) -> None:
         await registry.stop()
+        if "producer" in edges:
+            await edges["producer"].stop()
 
     @app.on_rebalance_complete.connect
     async def on_assigned(_sender: object, **_kwargs: object) -> None:
@@ -133,6 +170,9 @@ def build_app(settings: Settings) -> faust.App:
 
 
 def serve(settings: Settings) -> None:
+    # Topics must exist before the worker subscribes: Faust ignores a missing topic for good.
+    asyncio.run(ensure_topics(settings))
+    asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run closed its loop; Faust wants one
     app = build_app(settings)
     worker = faust.Worker(app, loglevel="INFO")
     worker.execute_from_commandline()

@@ -18,7 +18,7 @@ mutated in place, because a Faust table only records an assignment in its change
 from __future__ import annotations
 
 import uuid
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,16 +51,18 @@ Table = MutableMapping[str, Any]
 NEW, CHANGED, SAME = "new", "changed", "same"
 
 
+def _listed(text: str) -> bool:
+    return text.lower() in ILLEGAL_IDS_CASE_INSENSITIVE or text in ILLEGAL_IDS_CASE_SENSITIVE
+
+
 def is_illegal_id(distinct_id: object) -> bool:
-    if not isinstance(distinct_id, str):
+    """PostHog's refusal list, matched exactly (no trimming), plus its single/double-quoted forms."""
+    if not isinstance(distinct_id, str) or not distinct_id.strip():
         return True
-    text = distinct_id.strip()
-    if not text:
+    if _listed(distinct_id):
         return True
-    for candidate in (text, text.strip("'"), text.strip('"')):
-        if candidate.lower() in ILLEGAL_IDS_CASE_INSENSITIVE or candidate in ILLEGAL_IDS_CASE_SENSITIVE:
-            return True
-    return False
+    quoted = len(distinct_id) >= 2 and distinct_id[0] == distinct_id[-1] and distinct_id[0] in "'\""
+    return quoted and _listed(distinct_id[1:-1])
 
 
 def personless_id(team_id: int, distinct_id: str) -> str:
@@ -108,6 +110,7 @@ class Identity:
 
     def __init__(self, state: State, team_id: int, now: str, out: Emitted) -> None:
         self.s, self.team, self.now, self.out = state, team_id, now, out
+        self._after_save: list[Callable[[], None]] = []
 
     # -- lookups -----------------------------------------------------------------------------------
     def _dkey(self, distinct_id: str) -> str:
@@ -117,8 +120,18 @@ class Identity:
         return f"{self.team}:p:{person_id}"
 
     def person_of(self, distinct_id: str) -> dict[str, Any] | None:
+        """The live person of an id, following the forward a merged-away person leaves behind."""
         entry = self.s.distinct_ids.get(self._dkey(distinct_id))
-        return None if entry is None else self.s.persons.get(self._pkey(entry["person_id"]))
+        if entry is None:
+            return None
+        person = self.s.persons.get(self._pkey(entry["person_id"]))
+        hops = 0
+        while person is not None and "merged_into" in person and hops < 32:
+            person = self.s.persons.get(self._pkey(person["merged_into"]))
+            hops += 1
+        if person is not None and person["id"] != entry["person_id"]:
+            self._point(distinct_id, person["id"])  # heal a pointer a crash left behind
+        return person
 
     def _save(self, person: dict[str, Any]) -> None:
         self.s.persons[self._pkey(person["id"])] = person
@@ -167,14 +180,15 @@ class Identity:
         target, source = self.person_of(target_id), self.person_of(source_id)
         if target is None and source is None:
             return self._new_person([target_id, source_id], timestamp, True), NEW
-        if target is None:
-            assert source is not None
-            self._point(target_id, source["id"])
-            return {**source, "is_identified": True, "distinct_ids": [*source["distinct_ids"], target_id]}, CHANGED
-        if source is None:
-            self._point(source_id, target["id"])
-            return {**target, "is_identified": True, "distinct_ids": [*target["distinct_ids"], source_id]}, CHANGED
+        if target is None or source is None:
+            # One id has a person: the other joins it (pointer written after the person, see save()).
+            person, joining = (source, target_id) if target is None else (target, source_id)
+            assert person is not None
+            self._after_save.append(lambda: self._point(joining, person["id"]))
+            ids = list(dict.fromkeys([*person["distinct_ids"], joining]))
+            return {**person, "is_identified": True, "distinct_ids": ids}, CHANGED
         if source["id"] == target["id"]:
+            self._heal(target)
             return target, SAME
         if source["is_identified"] and not dangerous:
             self._warn(
@@ -182,27 +196,43 @@ class Identity:
                 {"target": target_id, "source": source_id, "source_person_id": source["id"]},
             )
             return target, SAME
-        for d in source["distinct_ids"]:
-            self._point(d, target["id"])
         merged = {
             **target,
             "properties": {**source["properties"], **target["properties"]},
             "created_at": min(target["created_at"], source["created_at"]),
             "is_identified": True,
             "version": max(target["version"], source["version"]),  # save() makes it max + 1
-            "distinct_ids": [*target["distinct_ids"], *source["distinct_ids"]],
+            "distinct_ids": list(dict.fromkeys([*target["distinct_ids"], *source["distinct_ids"]])),
         }
-        del self.s.persons[self._pkey(source["id"])]
-        self.out.persons.append(person_row(self.team, source, deleted=True))
+        # Written after the merged target (see save()): the source becomes a forward to the target,
+        # then its ids are re-pointed. A crash between any two writes leaves a state whose lookups
+        # already resolve to the target, and replaying the event completes the rest.
+        self._after_save.append(lambda: self._forward(source, merged["id"]))
+        self._after_save.extend((lambda d=d: self._point(d, merged["id"])) for d in source["distinct_ids"])
         return merged, CHANGED
 
     def save(self, person: dict[str, Any], status: str) -> dict[str, Any]:
-        """Store a NEW person at version 0, a CHANGED one at version + 1; SAME is left alone."""
+        """Store a NEW person at version 0, a CHANGED one at version + 1; SAME is left alone.
+        Writes a merge deferred run after the person itself, in order."""
         if status == CHANGED:
             person = {**person, "version": person["version"] + 1}
         if status != SAME:
             self._save(person)
+        pending, self._after_save = self._after_save, []
+        for write in pending:
+            write()
         return person
+
+    def _forward(self, source: dict[str, Any], target_id: str) -> None:
+        self.s.persons[self._pkey(source["id"])] = {"id": source["id"], "merged_into": target_id}
+        self.out.persons.append(person_row(self.team, source, deleted=True))
+
+    def _heal(self, person: dict[str, Any]) -> None:
+        """Point every id of ``person`` at it (completes a merge a crash interrupted)."""
+        for d in person["distinct_ids"]:
+            entry = self.s.distinct_ids.get(self._dkey(d))
+            if entry is None or entry["person_id"] != person["id"]:
+                self._point(d, person["id"])
 
     # -- groups ------------------------------------------------------------------------------------------
     def group_index(self, group_type: str) -> int | None:
@@ -218,13 +248,18 @@ class Identity:
         self.s.groups[key] = {**types, group_type: index}
         return index
 
-    def group_identify(self, group_type: str, group_key: str, group_set: dict[str, Any], timestamp: str) -> None:
+    def known_group_index(self, group_type: str) -> int | None:
+        types: dict[str, int] = self.s.groups.get(f"{self.team}:group_types") or {}
+        return types.get(group_type)
+
+    def group_identify(self, group_type: str, group_key: str, group_set: dict[str, Any], timestamp: str) -> bool:
+        """Upsert a group; False when the event must be dropped (its key is too long)."""
         if len(group_key) > MAX_GROUP_KEY:
             self._warn("group_key_too_long", {"group_type": group_type, "length": len(group_key)})
-            return
+            return False
         index = self.group_index(group_type)
         if index is None:
-            return
+            return True
         key = f"{self.team}:g:{index}:{group_key}"
         old = self.s.groups.get(key)
         record = {
@@ -243,6 +278,7 @@ class Identity:
                 "version": record["version"],
             }
         )
+        return True
 
 
 def apply_properties(
@@ -261,4 +297,30 @@ def apply_properties(
         for k in unset:
             if isinstance(k, str):
                 result.pop(k, None)
-    return result, result != properties
+    return result, _differs(result, properties)
+
+
+def _differs(a: Any, b: Any) -> bool:
+    """Inequality that also sees type changes Python's == hides (1 vs True, 1 vs 1.0)."""
+    if type(a) is not type(b):
+        return True
+    if isinstance(a, dict):
+        return a.keys() != b.keys() or any(_differs(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) != len(b) or any(_differs(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a != b)
+
+
+def applied_key(team_id: int) -> str:
+    return f"{team_id}:applied"
+
+
+def already_applied(state: State, team_id: int, position: tuple[int, int]) -> bool:
+    """Was the event at (partition, offset) applied to the state before (a redelivery)?"""
+    mark = state.groups.get(applied_key(team_id))
+    return mark is not None and mark[0] == position[0] and position[1] <= mark[1]
+
+
+def mark_applied(state: State, team_id: int, position: tuple[int, int]) -> None:
+    # The last write of an event: everything the event changed is in the changelog before it.
+    state.groups[applied_key(team_id)] = [position[0], position[1]]
