@@ -53,13 +53,23 @@ def poll(fn: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.
 
 
 class Stack:
-    def __init__(self, tmp: Path, store: str = "chdb", processors: int = 1) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        store: str = "chdb",
+        processors: int = 1,
+        clickhouse_url: str | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        """``clickhouse_url`` (server store only): another server than CLICKHOUSE, without database;
+        ``extra_env``: more variables for every stage (e.g. EVENTPIPE_CLICKHOUSE_CLUSTER)."""
         self.id = uuid.uuid4().hex[:10]
         self.prefix = f"t{self.id}_"
         self.home = tmp / f"stack-{self.id}"
         self.port = free_port()
         self.database = f"eventpipe_test_{self.id}"
-        url = f"chdb://{self.home / 'chdb'}" if store == "chdb" else f"{CLICKHOUSE}/{self.database}"
+        self.clickhouse = clickhouse_url or CLICKHOUSE
+        url = f"chdb://{self.home / 'chdb'}" if store == "chdb" else f"{self.clickhouse}/{self.database}"
         self.env = {
             **os.environ,
             "EVENTPIPE_KAFKA_BOOTSTRAP": KAFKA,
@@ -69,6 +79,7 @@ class Stack:
             "EVENTPIPE_HOST": "127.0.0.1",
             "EVENTPIPE_TOPIC_PREFIX": self.prefix,
             "EVENTPIPE_SINK_BATCH_SECONDS": "0.2",
+            **(extra_env or {}),
         }
         self.store = store
         self.n_processors = processors
@@ -155,12 +166,14 @@ class Stack:
         except OSError:
             return False
 
-    def kill(self, stage: str) -> None:
-        """SIGKILL every running process of ``stage`` (a crash, not a shutdown)."""
+    def kill(self, stage: str, only_one: bool = False) -> None:
+        """SIGKILL running processes of ``stage`` (a crash, not a shutdown): all, or just the first."""
         for proc, log in zip(self.procs, self.logs, strict=True):
             if log.name.startswith(stage) and proc.poll() is None:
                 proc.kill()
                 proc.wait()
+                if only_one:
+                    return
 
     def pid(self, stage: str) -> int:
         return next(p.pid for p, log in zip(self.procs, self.logs, strict=True)
@@ -226,9 +239,11 @@ class Stack:
 
             from eventpipe.config import StoreURL
 
-            u = StoreURL.parse(CLICKHOUSE)
+            u = StoreURL.parse(self.clickhouse)
+            cluster = self.env.get("EVENTPIPE_CLICKHOUSE_CLUSTER")
+            on_cluster = f" ON CLUSTER {cluster}" if cluster else ""
             Client(host=u.host, port=u.port, user=u.user, password=u.password).execute(
-                f"DROP DATABASE IF EXISTS `{self.database}`"
+                f"DROP DATABASE IF EXISTS `{self.database}`{on_cluster}"
             )
 
     async def _delete_topics(self) -> None:

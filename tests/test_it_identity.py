@@ -48,11 +48,17 @@ def ids_on_distinct_partitions(api_key: str, tag: str) -> tuple[str, str, str]:
 def chain(anon: str, user: str, alias: str) -> dict[str, list[dict[str, Any]]]:
     """Per-id event sequences of one user's journey."""
     return {
-        anon: [{"event": "$pageview", "distinct_id": anon, "properties": {"$set_once": {"first_seen": "anon"}}}
-               for _ in range(3)],
+        anon: [
+            {"event": "$pageview", "distinct_id": anon, "properties": {"$set_once": {"first_seen": "anon"}}}
+            for _ in range(3)
+        ],
         user: [
-            {"event": "$identify", "distinct_id": user, "properties": {"$anon_distinct_id": anon},
-             "$set": {"email": "u@example.com"}},
+            {
+                "event": "$identify",
+                "distinct_id": user,
+                "properties": {"$anon_distinct_id": anon},
+                "$set": {"email": "u@example.com"},
+            },
             {"event": "$create_alias", "distinct_id": user, "properties": {"alias": alias}},
             {"event": "purchase", "distinct_id": user, "properties": {"amount": 3}},
         ],
@@ -92,7 +98,7 @@ def changelog_mapping(stack: Stack, team_id: int) -> dict[str, str]:
 
     table = asyncio.run(read())
     prefix = f"{team_id}:d:"
-    return {k[len(prefix):]: v["person_id"] for k, v in table.items() if k.startswith(prefix) and v}
+    return {k[len(prefix) :]: v["person_id"] for k, v in table.items() if k.startswith(prefix) and v}
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
@@ -118,8 +124,7 @@ def test_chain_across_partitions_ends_in_one_person(two_workers: Stack, seed: in
     team_id = int(rows[0]["team_id"])
 
     persons = stack.sql(
-        "SELECT toString(id) AS id, properties, is_identified FROM person_current "
-        f"WHERE team_id = {team_id}"
+        f"SELECT toString(id) AS id, properties, is_identified FROM person_current WHERE team_id = {team_id}"
     )
     assert [p["id"] for p in persons] == [person_id]
     props = ujson.loads(persons[0]["properties"])
@@ -127,11 +132,53 @@ def test_chain_across_partitions_ends_in_one_person(two_workers: Stack, seed: in
     assert int(persons[0]["is_identified"]) == 1
 
     counted = poll(
-        lambda: (r := stack.sql(f"SELECT count() AS n FROM events WHERE team_id = {team_id}"))
-        and int(r[0]["n"]) == len(events) and r,
-        timeout=30, what="all events in ClickHouse",
+        lambda: (
+            (r := stack.sql(f"SELECT count() AS n FROM events WHERE team_id = {team_id}"))
+            and int(r[0]["n"]) == len(events)
+            and r
+        ),
+        timeout=30,
+        what="all events in ClickHouse",
     )
     assert counted
     # The Faust table (its changelog) agrees with ClickHouse.
     table = changelog_mapping(stack, team_id)
     assert {table[anon], table[user], table[alias]} == {person_id}
+
+
+def test_worker_killed_mid_stream_changes_nothing(two_workers: Stack) -> None:
+    """SIGKILL one of the two workers while users are being merged; restart it. Every user still ends
+    as exactly one person holding its three ids, and every event is in ClickHouse once (by uuid)."""
+    stack = two_workers
+    api_key = stack.create_team("sigkill")
+    users = 150
+    per_id: list[dict[str, Any]] = []
+    for u in range(users):
+        journey = chain(f"k-anon-{u}", f"k-user-{u}", f"k-alias-{u}")
+        per_id += interleave(journey, seed=u)
+    batches = [per_id[i : i + 100] for i in range(0, len(per_id), 100)]
+    for n, batch in enumerate(batches):
+        status, body = stack.post("/batch/", {"api_key": api_key, "batch": batch})
+        assert status == 200, body
+        if n == len(batches) // 3:
+            stack.kill("processor", only_one=True)
+            stack.spawn("processor")
+
+    def settled() -> int | None:
+        rows = stack.sql("SELECT uniqExact(uuid) AS n, any(team_id) AS team FROM events WHERE distinct_id LIKE 'k-%'")
+        return int(rows[0]["team"]) if int(rows[0]["n"]) == len(per_id) else None
+
+    team_id = poll(settled, timeout=180, interval=1, what="every event once")
+
+    def mapped() -> list[dict[str, Any]] | None:
+        rows = stack.sql(
+            "SELECT replaceRegexpOne(distinct_id, '^k-[a-z]+-', '') AS user, uniqExact(person_id) AS persons, "
+            "count() AS ids FROM person_distinct_id_current "
+            f"WHERE team_id = {team_id} GROUP BY user"
+        )
+        done = len(rows) == users and all(int(r["persons"]) == 1 and int(r["ids"]) == 3 for r in rows)
+        return rows if done else None
+
+    poll(mapped, timeout=120, interval=1, what="one person per user after the crash")
+    live = stack.sql(f"SELECT count() AS n FROM person_current WHERE team_id = {team_id}")
+    assert int(live[0]["n"]) == users
