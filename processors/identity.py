@@ -315,12 +315,13 @@ def applied_key(team_id: int) -> str:
     return f"{team_id}:applied"
 
 
-def already_applied(state: State, team_id: int, position: tuple[int, int]) -> bool:
-    """Was the event at (partition, offset) applied to the state before (a redelivery)?"""
+def already_applied(state: State, team_id: int, position: tuple[int, ...]) -> bool:
+    """Was the event at ``position`` = (partition, offset[, index in the envelope]) applied before
+    (a redelivery after a crash)? Positions of one team only grow, as it lives on one partition."""
     mark = state.groups.get(applied_key(team_id))
-    return mark is not None and mark[0] == position[0] and position[1] <= mark[1]
+    return mark is not None and mark[0] == position[0] and tuple(position[1:]) <= tuple(mark[1:])
 
 
-def mark_applied(state: State, team_id: int, position: tuple[int, int]) -> None:
+def mark_applied(state: State, team_id: int, position: tuple[int, ...]) -> None:
     # The last write of an event: everything the event changed is in the changelog before it.
-    state.groups[applied_key(team_id)] = [position[0], position[1]]
+    state.groups[applied_key(team_id)] = list(position)

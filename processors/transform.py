@@ -90,7 +90,7 @@ def _person_ops(raw: RawEvent) -> tuple[Any, Any, Any]:
 
 
 def process_with_persons(
-    raw: RawEvent, team_id: int, state: State, position: tuple[int, int] | None = None
+    raw: RawEvent, team_id: int, state: State, position: tuple[int, ...] | None = None
 ) -> tuple[Output, Emitted]:
     """A raw event of a known team -> event row (with person and groups) and person/group rows.
 
