@@ -29,11 +29,15 @@ down:
 	@if [ -x $(BIN)/eventpipe ]; then $(BIN)/eventpipe down; fi
 	bash deploy/local/kafka.sh stop
 	bash deploy/local/clickhouse.sh stop
+	bash deploy/local/clickhouse-cluster.sh stop
+	bash deploy/local/zookeeper.sh stop
 
 ## test: start Kafka and the ClickHouse server, then the whole pytest suite.
 test: $(STAMP)
 	bash deploy/local/kafka.sh start
 	bash deploy/local/clickhouse.sh start
+	bash deploy/local/zookeeper.sh start
+	bash deploy/local/clickhouse-cluster.sh start
 	$(BIN)/pytest -q
 
 unit: $(STAMP)

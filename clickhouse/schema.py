@@ -27,10 +27,7 @@ class Migration:
 
 def _events(d: Dialect) -> list[str]:
     ts = d.datetime64()
-    return [
-        f"""CREATE TABLE IF NOT EXISTS events
-(
-    uuid UUID,
+    columns = f"""    uuid UUID,
     event String,
     properties String{d.codec("ZSTD(3)")},
     timestamp {ts},
@@ -49,32 +46,26 @@ def _events(d: Dialect) -> list[str]:
     `$window_id` String MATERIALIZED {d.json_string("properties", "$window_id")},
     _timestamp DateTime,
     _offset UInt64,
-    _partition UInt64
-)
-ENGINE = ReplacingMergeTree(_timestamp)
-PARTITION BY toYYYYMM(timestamp)
+    _partition UInt64"""
+    tail = f"""PARTITION BY toYYYYMM(timestamp)
 ORDER BY (team_id, toDate(timestamp), event, cityHash64(distinct_id), {d.hash_uuid("uuid")})
-SAMPLE BY cityHash64(distinct_id){d.mergetree_settings()}"""
-    ]
+SAMPLE BY cityHash64(distinct_id)"""
+    # Sharded by distinct_id: a person's events stay on one shard (and a re-sent event with them).
+    return d.create_table("events", columns, "ReplacingMergeTree(_timestamp)", tail, "cityHash64(distinct_id)")
 
 
 def _warnings(d: Dialect) -> list[str]:
-    return [
-        f"""CREATE TABLE IF NOT EXISTS ingestion_warnings
-(
-    team_id Int64,
+    columns = f"""    team_id Int64,
     type String,
     source String,
     details String{d.codec("ZSTD(3)")},
     timestamp {d.datetime64()},
     _timestamp DateTime,
     _offset UInt64,
-    _partition UInt64
-)
-ENGINE = MergeTree
-PARTITION BY toYYYYMM(timestamp)
-ORDER BY (team_id, timestamp){d.mergetree_settings()}"""
-    ]
+    _partition UInt64"""
+    tail = """PARTITION BY toYYYYMM(timestamp)
+ORDER BY (team_id, timestamp)"""
+    return d.create_table("ingestion_warnings", columns, "MergeTree", tail, "rand()")
 
 
 KAFKA_COLUMNS_DDL = """    _timestamp DateTime,
@@ -83,67 +74,66 @@ KAFKA_COLUMNS_DDL = """    _timestamp DateTime,
 
 
 def _person(d: Dialect) -> list[str]:
-    return [
-        f"""CREATE TABLE IF NOT EXISTS person
-(
-    id UUID,
+    columns = f"""    id UUID,
     created_at {d.datetime64()},
     team_id Int64,
     properties String{d.codec("ZSTD(3)")},
     is_identified Int8,
     is_deleted Int8,
     version UInt64,
-{KAFKA_COLUMNS_DDL}
-)
-ENGINE = ReplacingMergeTree(version)
-ORDER BY (team_id, id){d.mergetree_settings()}""",
-        # The current state of each person: the row with the highest version, deleted persons dropped.
-        """CREATE VIEW IF NOT EXISTS person_current AS
-SELECT team_id, id, argMax(created_at, version) AS created_at, argMax(properties, version) AS properties,
-       argMax(is_identified, version) AS is_identified, max(version) AS latest_version
-FROM person
-GROUP BY team_id, id
-HAVING argMax(is_deleted, version) = 0""",
+{KAFKA_COLUMNS_DDL}"""
+    # The current state of each person: the row with the highest version, deleted persons dropped.
+    q = """SELECT team_id, id, argMax(created_at, version) AS created_at, argMax(properties, version) AS properties,
+       argMax(is_identified, version) AS is_identified, max(version) AS latest_version"""
+    current = f"{q}\nFROM {d.table('person')}\nGROUP BY team_id, id\nHAVING argMax(is_deleted, version) = 0"
+    return [
+        # Sharded by id: every version of a person on one shard, so ReplacingMergeTree and argMax see all.
+        *d.create_table("person", columns, "ReplacingMergeTree(version)", "ORDER BY (team_id, id)", d.hash_uuid("id")),
+        d.create_view("person_current", current),
     ]
 
 
 def _person_distinct_id(d: Dialect) -> list[str]:
-    return [
-        f"""CREATE TABLE IF NOT EXISTS person_distinct_id
-(
-    team_id Int64,
+    columns = f"""    team_id Int64,
     distinct_id String,
     person_id UUID,
     is_deleted Int8,
     version Int64,
-{KAFKA_COLUMNS_DDL}
-)
-ENGINE = ReplacingMergeTree(version)
-ORDER BY (team_id, distinct_id){d.mergetree_settings()}""",
+{KAFKA_COLUMNS_DDL}"""
+    return [
+        *d.create_table(
+            "person_distinct_id",
+            columns,
+            "ReplacingMergeTree(version)",
+            "ORDER BY (team_id, distinct_id)",
+            "cityHash64(distinct_id)",
+        ),
         # The current person of every distinct id (argMax by version), the mapping analytics join on.
-        """CREATE VIEW IF NOT EXISTS person_distinct_id_current AS
-SELECT team_id, distinct_id, argMax(person_id, version) AS person_id, max(version) AS latest_version
-FROM person_distinct_id
+        d.create_view(
+            "person_distinct_id_current",
+            f"""SELECT team_id, distinct_id, argMax(person_id, version) AS person_id, max(version) AS latest_version
+FROM {d.table("person_distinct_id")}
 GROUP BY team_id, distinct_id
 HAVING argMax(is_deleted, version) = 0""",
+        ),
     ]
 
 
 def _groups(d: Dialect) -> list[str]:
-    return [
-        f"""CREATE TABLE IF NOT EXISTS groups
-(
-    group_type_index UInt8,
+    columns = f"""    group_type_index UInt8,
     group_key String,
     created_at {d.datetime64()},
     team_id Int64,
     group_properties String{d.codec("ZSTD(3)")},
     version Int64,
-{KAFKA_COLUMNS_DDL}
-)
-ENGINE = ReplacingMergeTree(version)
-ORDER BY (team_id, group_type_index, group_key){d.mergetree_settings()}"""
-    ]
+{KAFKA_COLUMNS_DDL}"""
+    return d.create_table(
+        "groups",
+        columns,
+        "ReplacingMergeTree(version)",
+        "ORDER BY (team_id, group_type_index, group_key)",
+        "cityHash64(group_key)",
+    )
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -164,11 +154,8 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 
 
-def migrations_table_ddl() -> str:
-    return (
-        f"CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (number UInt32, name String, applied_at DateTime) "
-        "ENGINE = MergeTree ORDER BY number"
-    )
+def migrations_table_ddl(d: Dialect | None = None) -> str:
+    return (d or Dialect()).create_migrations_table(MIGRATIONS_TABLE)
 
 
 def pending(applied: set[int]) -> list[Migration]:

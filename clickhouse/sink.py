@@ -98,7 +98,7 @@ class Sink:
         delay = 0.5
         while True:  # a ClickHouse server that is not up yet is waited for, not a crash
             try:
-                self.store = await self._call(open_store, url)
+                self.store = await self._call(open_store, url, self.settings.clickhouse_cluster)
                 await self._call(migrate, self.store)
                 break
             except Exception as exc:

@@ -65,16 +65,21 @@ def _check_token(token: str | None) -> str | None:
 class ServerStore:
     """A ClickHouse server over the native protocol with clickhouse-driver (columnar inserts)."""
 
-    def __init__(self, url: StoreURL) -> None:
+    def __init__(self, url: StoreURL, cluster: str = "") -> None:
         from clickhouse_driver import Client
 
         if not _IDENT.match(url.database):
             raise ValueError(f"invalid database name {url.database!r}")
+        if cluster and not _IDENT.match(cluster):
+            raise ValueError(f"invalid cluster name {cluster!r}")
         self.url = url
-        # The database is created on first use, like the tables, so a fresh server needs no set-up.
+        # The database is created on first use, like the tables, so a fresh server needs no set-up
+        # (on every node, in cluster mode).
         bootstrap = Client(host=url.host, port=url.port, user=url.user, password=url.password, connect_timeout=5)
         try:
-            bootstrap.execute(f"CREATE DATABASE IF NOT EXISTS `{url.database}`")
+            version = parse_version(bootstrap.execute("SELECT version()")[0][0])
+            self.dialect = Dialect(version, cluster=cluster, database=url.database)
+            bootstrap.execute(self.dialect.create_database())
         finally:
             bootstrap.disconnect()
         self.client = Client(
@@ -88,7 +93,6 @@ class ServerStore:
             compression=False,
             settings={"use_numpy": False},
         )
-        self.dialect = Dialect(parse_version(self.client.execute("SELECT version()")[0][0]))
         self._types: dict[str, dict[str, str]] = {}
 
     def execute(self, sql: str) -> None:
@@ -118,7 +122,7 @@ class ServerStore:
                 data.append([r.partition for r in rows])
             else:
                 data.append([_to_python(types[name], p.get(name)) for p in parsed])
-        settings: dict[str, Any] = {}
+        settings: dict[str, Any] = dict(self.dialect.insert_settings)
         if _check_token(dedup_token) and self.dialect.supports_dedup_token:
             settings["insert_deduplication_token"] = dedup_token
         cols = ", ".join(f"`{c}`" for c in columns)
@@ -198,7 +202,8 @@ class ChdbStore:
 
 
 # Server error codes worth retrying as they are (the data is fine, the server is not).
-_RETRYABLE_CODES = frozenset({159, 164, 202, 209, 210, 225, 241, 242, 252, 319, 425, 999})
+# 279: every replica of a shard unreachable behind a Distributed insert (cluster mode).
+_RETRYABLE_CODES = frozenset({159, 164, 202, 209, 210, 225, 241, 242, 252, 279, 319, 425, 999})
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -213,13 +218,15 @@ def is_retryable(exc: BaseException) -> bool:
     return False
 
 
-def open_store(url: StoreURL) -> Store:
-    return ChdbStore(url) if url.kind == "chdb" else ServerStore(url)
+def open_store(url: StoreURL, cluster: str = "") -> Store:
+    if cluster and url.kind == "chdb":
+        raise ValueError("EVENTPIPE_CLICKHOUSE_CLUSTER needs a ClickHouse server URL (clickhouse://...), not chDB")
+    return ChdbStore(url) if url.kind == "chdb" else ServerStore(url, cluster)
 
 
 def migrate(store: Store, dry_run: bool = False) -> list[str]:
     """Apply pending migrations in order; returns the SQL run (or that would run, with dry_run)."""
-    statements: list[str] = [migrations_table_ddl()]
+    statements: list[str] = [migrations_table_ddl(store.dialect)]
     applied: set[int] = set()
     if not dry_run:
         store.execute(statements[0])

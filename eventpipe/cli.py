@@ -62,7 +62,7 @@ def _on_store(settings: config.Settings, path: str, payload: dict[str, Any], loc
 
     url = settings.store
     if url.kind != "chdb" or url.path is None:
-        store = open_store(url)
+        store = open_store(url, settings.clickhouse_cluster)
         try:
             return local(store)
         finally:
@@ -81,7 +81,7 @@ def _on_store(settings: config.Settings, path: str, payload: dict[str, Any], loc
             time.sleep(0.2)
             continue
         try:
-            store = open_store(url)
+            store = open_store(url, settings.clickhouse_cluster)
             try:
                 return local(store)
             finally:

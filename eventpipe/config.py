@@ -77,6 +77,7 @@ def _int(name: str, default: int) -> int:
 class Settings:
     kafka_bootstrap: str = "127.0.0.1:19092"
     clickhouse_url: str = ""
+    clickhouse_cluster: str = ""
     host: str = "127.0.0.1"
     port: int = 8000
     home: Path = field(default_factory=default_home)
@@ -102,6 +103,7 @@ def load() -> Settings:
     return Settings(
         kafka_bootstrap=_env("KAFKA_BOOTSTRAP", "127.0.0.1:19092"),
         clickhouse_url=_env("CLICKHOUSE_URL", f"chdb://{home / 'chdb'}"),
+        clickhouse_cluster=_env("CLICKHOUSE_CLUSTER", ""),
         host=_env("HOST", "127.0.0.1"),
         port=_int("PORT", 8000),
         home=home,
