@@ -91,7 +91,9 @@ class ServerStore:
             connect_timeout=5,
             send_receive_timeout=60,
             compression=False,
-            settings={"use_numpy": False},
+            # {name:Type} parameters travel to the server (ClickHouse >= 19.x parses them; the 18.16
+            # test server predates them, so there the driver's own %(name)s substitution applies).
+            settings={"use_numpy": False, "server_side_params": self.dialect.modern},
         )
         self._types: dict[str, dict[str, str]] = {}
 
