@@ -38,7 +38,7 @@ from eventpipe.config import Settings
 from eventpipe.contract import dead_letter, now_ts
 from eventpipe.kafka import ensure_topics, producer, topics_for
 from eventpipe.metrics import SinkMetrics
-from eventpipe.supervisor import mark_ready
+from eventpipe.supervisor import clear_ready, mark_ready
 
 log = logging.getLogger("eventpipe.sink")
 
@@ -297,6 +297,7 @@ class Sink:
             await self.close()
 
     async def close(self) -> None:
+        clear_ready(self.settings, "sink")
         if self.consumer is not None:
             with contextlib.suppress(KafkaError):
                 await self.consumer.stop()

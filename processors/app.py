@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaProducer
 from eventpipe.config import Settings
 from eventpipe.contract import RawEvent, dead_letter, now_ts
 from eventpipe.kafka import RegistryReader, ensure_topics, producer, topics_for
-from eventpipe.supervisor import mark_ready
+from eventpipe.supervisor import clear_ready, mark_ready
 from processors.identity import State
 from processors.transform import already_applied, process_with_persons, replay_rows, unknown_team
 
@@ -187,6 +187,7 @@ def build_app(settings: Settings) -> faust.App:
 
     @app.on_before_shutdown.connect
     async def stop_edges(_sender: object, **_kwargs: object) -> None:
+        clear_ready(settings, "processor")
         await registry.stop()
         if "producer" in edges:
             await edges["producer"].stop()
