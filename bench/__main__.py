@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from types import ModuleType
 
-from bench import gateway
+from bench import gateway, processors, sink
 
-BENCHMARKS: dict[str, ModuleType] = {"gateway": gateway}
+BENCHMARKS: dict[str, ModuleType] = {"gateway": gateway, "processors": processors, "sink": sink}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,6 +19,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "names", nargs="*", metavar="NAME", help=f"benchmarks to run (default: all of {', '.join(BENCHMARKS)})"
+    )
+    p.add_argument(
+        "--kafka",
+        default=os.environ.get("EVENTPIPE_KAFKA_BOOTSTRAP", "127.0.0.1:19092"),
+        help="Kafka bootstrap servers, for every benchmark (env EVENTPIPE_KAFKA_BOOTSTRAP)",
     )
     for module in BENCHMARKS.values():
         module.add_arguments(p)

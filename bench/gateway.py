@@ -85,11 +85,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="requests in flight (env BENCH_CONCURRENCY, default 64)",
     )
     g.add_argument(
-        "--kafka",
-        default=os.environ.get("EVENTPIPE_KAFKA_BOOTSTRAP", "127.0.0.1:19092"),
-        help="Kafka bootstrap servers (env EVENTPIPE_KAFKA_BOOTSTRAP)",
-    )
-    g.add_argument(
         "--profile",
         metavar="FILE",
         help="run the gateway under cProfile, write the stats to FILE and print the top functions "

@@ -113,6 +113,10 @@ def build_app(settings: Settings) -> faust.App:
 
     @app.task
     async def start_edges() -> None:
+        # Faust's producer buffer (the table changelog writes) blocks the agent at 100 pending
+        # messages until they are acked; every event writes to the table, so that cap, not CPU, was
+        # the processors' limit (bench/processors.py). Faust still flushes it before each commit.
+        app.producer.buffer.max_messages = 2_000
         # aiokafka clients must be created inside the running loop, so not in build_app.
         edges["producer"] = producer(settings, linger_ms=5)
         await edges["producer"].start()
