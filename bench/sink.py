@@ -54,7 +54,7 @@ from bench.common import (
 )
 from bench.gateway import _env_int, _event, _free_port, _ratio, _settings
 from clickhouse.schema import TABLE_COLUMNS
-from clickhouse.store import KafkaRow, ServerStore, _to_python, migrate, open_store
+from clickhouse.store import KafkaRow, ServerStore, migrate, open_store
 from eventpipe import config
 from eventpipe.config import StoreURL
 from eventpipe.contract import event_row, format_ts
@@ -156,19 +156,7 @@ def kafka_rows(messages: list[tuple[bytes, bytes]], partitions: int) -> list[Kaf
 
 def to_columns(store: ServerStore, rows: list[KafkaRow]) -> list[list[Any]]:
     """What ServerStore.insert hands clickhouse-driver: one list of Python values per column."""
-    types = store._column_types("events")
-    parsed = [ujson.loads(r.value) for r in rows]
-    data: list[list[Any]] = []
-    for name in COLUMNS:
-        if name == "_timestamp":
-            data.append([datetime.fromtimestamp(r.timestamp_ms / 1000, UTC).replace(microsecond=0) for r in rows])
-        elif name == "_offset":
-            data.append([r.offset for r in rows])
-        elif name == "_partition":
-            data.append([r.partition for r in rows])
-        else:
-            data.append([_to_python(types[name], p.get(name)) for p in parsed])
-    return data
+    return store.to_columns("events", rows)
 
 
 def chdb_body(rows: list[KafkaRow]) -> str:

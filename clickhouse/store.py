@@ -110,12 +110,13 @@ class ServerStore:
             self._types[table] = {r[0]: r[1] for r in described}
         return self._types[table]
 
-    def insert(self, table: str, rows: Sequence[KafkaRow], dedup_token: str | None) -> None:
-        columns = TABLE_COLUMNS[table]
+    def to_columns(self, table: str, rows: Sequence[KafkaRow]) -> list[list[Any]]:
+        """Message values -> one list of Python values per column of ``table`` (clickhouse-driver's
+        columnar form), the Kafka coordinates last."""
         types = self._column_types(table)
         parsed = [ujson.loads(r.value) for r in rows]
         data: list[list[Any]] = []
-        for name in columns:
+        for name in TABLE_COLUMNS[table]:
             if name == "_timestamp":
                 data.append([datetime.fromtimestamp(r.timestamp_ms / 1000, UTC).replace(microsecond=0) for r in rows])
             elif name == "_offset":
@@ -124,6 +125,11 @@ class ServerStore:
                 data.append([r.partition for r in rows])
             else:
                 data.append([_to_python(types[name], p.get(name)) for p in parsed])
+        return data
+
+    def insert(self, table: str, rows: Sequence[KafkaRow], dedup_token: str | None) -> None:
+        columns = TABLE_COLUMNS[table]
+        data = self.to_columns(table, rows)
         settings: dict[str, Any] = dict(self.dialect.insert_settings)
         if _check_token(dedup_token) and self.dialect.supports_dedup_token:
             settings["insert_deduplication_token"] = dedup_token

@@ -27,8 +27,14 @@ from aiokafka.admin import AIOKafkaAdminClient
 from eventpipe import config
 from eventpipe.kafka import create_team, topics_for
 
-KAFKA = os.environ.get("EVENTPIPE_TEST_KAFKA", "127.0.0.1:19092")
-CLICKHOUSE = os.environ.get("EVENTPIPE_TEST_CLICKHOUSE", "clickhouse://default@127.0.0.1:19000")
+# The services deploy/local/*.sh start (their ports follow the same EVENTPIPE_LOCAL_* variables).
+KAFKA = os.environ.get(
+    "EVENTPIPE_TEST_KAFKA", f"127.0.0.1:{os.environ.get('EVENTPIPE_LOCAL_KAFKA_PORT', '19092')}"
+)
+CLICKHOUSE = os.environ.get(
+    "EVENTPIPE_TEST_CLICKHOUSE",
+    f"clickhouse://default@127.0.0.1:{os.environ.get('EVENTPIPE_LOCAL_CLICKHOUSE_PORT', '19000')}",
+)
 ROOT = Path(__file__).resolve().parent.parent
 
 T = TypeVar("T")

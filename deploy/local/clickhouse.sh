@@ -39,21 +39,7 @@ configure() {
   <max_concurrent_queries>100</max_concurrent_queries>
 </yandex>
 XML
-  cat > "$DIR/users.xml" <<XML
-<?xml version="1.0"?>
-<yandex>
-  <profiles><default><max_memory_usage>4000000000</max_memory_usage></default></profiles>
-  <users>
-    <default>
-      <password></password>
-      <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
-      <profile>default</profile><quota>default</quota>
-    </default>
-  </users>
-  <quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors>
-    <result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time></interval></default></quotas>
-</yandex>
-XML
+  write_users_xml "$DIR/users.xml" 4000000000
 }
 
 ready() { port_open 127.0.0.1 "$TCP_PORT" && port_open 127.0.0.1 "$HTTP_PORT"; }

@@ -43,3 +43,22 @@ stop_pid() {
   rm -f "$pidfile"
   log "$name stopped"
 }
+
+# write_users_xml FILE MAX_MEMORY: the one local ClickHouse user, passwordless, loopback only.
+write_users_xml() {
+  cat > "$1" <<XML
+<?xml version="1.0"?>
+<yandex>
+  <profiles><default><max_memory_usage>$2</max_memory_usage></default></profiles>
+  <users>
+    <default>
+      <password></password>
+      <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
+      <profile>default</profile><quota>default</quota>
+    </default>
+  </users>
+  <quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors>
+    <result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time></interval></default></quotas>
+</yandex>
+XML
+}
