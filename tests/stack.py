@@ -28,9 +28,7 @@ from eventpipe import config
 from eventpipe.kafka import create_team, topics_for
 
 # The services deploy/local/*.sh start (their ports follow the same EVENTPIPE_LOCAL_* variables).
-KAFKA = os.environ.get(
-    "EVENTPIPE_TEST_KAFKA", f"127.0.0.1:{os.environ.get('EVENTPIPE_LOCAL_KAFKA_PORT', '19092')}"
-)
+KAFKA = os.environ.get("EVENTPIPE_TEST_KAFKA", f"127.0.0.1:{os.environ.get('EVENTPIPE_LOCAL_KAFKA_PORT', '19092')}")
 CLICKHOUSE = os.environ.get(
     "EVENTPIPE_TEST_CLICKHOUSE",
     f"clickhouse://default@127.0.0.1:{os.environ.get('EVENTPIPE_LOCAL_CLICKHOUSE_PORT', '19000')}",
@@ -106,14 +104,14 @@ class Stack:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def spawn(self, stage: str) -> subprocess.Popen[bytes]:
+    def spawn(self, stage: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         self.home.mkdir(parents=True, exist_ok=True)
         log = self.home / f"{stage}-{len(self.procs)}.log"
         self.logs.append(log)
         with log.open("wb") as fh:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "eventpipe.cli", stage],
-                env=self.env,
+                env={**self.env, **(env or {})},
                 cwd=ROOT,
                 stdout=fh,
                 stderr=subprocess.STDOUT,
@@ -134,6 +132,22 @@ class Stack:
             self.dump_logs()
             raise
         return self
+
+    def add_gateway(self) -> str:
+        """Another gateway process on its own port (scale-out); returns its base URL once ready."""
+        port = free_port()
+        self.spawn("gateway", {"EVENTPIPE_PORT": str(port)})
+        url = f"http://127.0.0.1:{port}"
+
+        def ready() -> bool:
+            try:
+                with urllib.request.urlopen(url + "/_ready", timeout=2) as r:
+                    return r.status == 200
+            except OSError:
+                return False
+
+        poll(ready, 60, 0.2, f"second gateway {url}")
+        return url
 
     def start_gateway(self) -> Stack:
         """Only the gateway (for capture-level tests that read the raw topic themselves)."""
@@ -182,8 +196,11 @@ class Stack:
                     return
 
     def pid(self, stage: str) -> int:
-        return next(p.pid for p, log in zip(self.procs, self.logs, strict=True)
-                    if log.name.startswith(stage) and p.poll() is None)
+        return next(
+            p.pid
+            for p, log in zip(self.procs, self.logs, strict=True)
+            if log.name.startswith(stage) and p.poll() is None
+        )
 
     def dump_logs(self) -> None:
         for log in self.logs:

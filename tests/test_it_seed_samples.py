@@ -128,3 +128,19 @@ def test_seed_sample_requests_land_in_clickhouse(stack: Stack) -> None:
     assert props["$pageview"]["name"] == "a page"
     assert props["$pageview"]["category"] == "some category"
     assert props["$screen"]["$screen_name"] == "a page"
+
+    # Persons, distinct ids and groups the samples imply: the alias joins "456" to "123"'s person
+    # (identified); "1234" has a person of its own; the group sample upserts group "123" of type "group".
+    def identities() -> list[dict[str, Any]] | None:
+        got = stack.sql(
+            "SELECT distinct_id, toString(person_id) AS person FROM person_distinct_id_current ORDER BY distinct_id"
+        )
+        return got if len(got) == 3 else None
+
+    ids = {r["distinct_id"]: r["person"] for r in poll(identities, 30, what="three distinct ids")}
+    assert ids["123"] == ids["456"] != ids["1234"]
+    persons = {r["id"]: r for r in stack.sql("SELECT toString(id) AS id, is_identified FROM person_current")}
+    assert set(persons) == {ids["123"], ids["1234"]}
+    assert int(persons[ids["123"]]["is_identified"]) == 1
+    groups = stack.sql("SELECT group_type_index, group_key FROM groups")
+    assert [(int(g["group_type_index"]), g["group_key"]) for g in groups] == [(0, "123")]
