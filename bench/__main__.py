@@ -36,8 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in args.names if n not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
-    for name in args.names or list(BENCHMARKS):
-        BENCHMARKS[name].run(args)
+    try:
+        for name in args.names or list(BENCHMARKS):
+            BENCHMARKS[name].run(args)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the benchmark's clean-up has run (see bench.common.run_async)
+        print("interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

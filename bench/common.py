@@ -88,13 +88,17 @@ def cpu_line(usage: dict[str, float], seconds: float, count: int, unit: str = "e
     return line
 
 
+try:  # resolved here, in the parent: the child only makes the call (no dlopen between fork and exec)
+    _PRCTL: Any = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux
+    _PRCTL = None
+
+
 def _die_with_parent() -> None:
     """In the child before exec: SIGTERM it when the bench process dies (killed, crashed), so a stage
-    never outlives its benchmark (Linux prctl PR_SET_PDEATHSIG; a no-op elsewhere)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+    never outlives its benchmark (Linux prctl PR_SET_PDEATHSIG = 1; a no-op elsewhere)."""
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGTERM)
 
 
 def run_async(main: Coroutine[Any, Any, None]) -> None:

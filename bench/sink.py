@@ -13,8 +13,9 @@ directory), with the project's own DDL (:func:`clickhouse.store.migrate`):
    (preloaded), timed from the first rows counted in ClickHouse to ``count() = N``. Its batch sizes come
    from its ``/metrics`` and from the level-0 (never merged) parts the inserts created.
 
-With ``--sink-chdb`` the same comparison runs against embedded chDB: a bare ``INSERT … FORMAT JSONEachRow``
-of the exact text :class:`clickhouse.store.ChdbStore` builds, against the sink with ``chdb://<tmp>``.
+With ``--sink-chdb`` (the default when chdb is installed) the same comparison runs against embedded
+chDB: a bare ``INSERT … FORMAT JSONEachRow`` of the exact text :class:`clickhouse.store.ChdbStore` builds,
+against the sink with ``chdb://<tmp>``.
 
 Figures are printed, never asserted.
 """
@@ -23,7 +24,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import dataclasses
+import importlib.util
 import os
 import secrets
 import statistics
@@ -85,8 +88,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--sink-chdb",
         action=argparse.BooleanOptionalAction,
-        default=os.environ.get("BENCH_SINK_CHDB", "") not in ("", "0"),
-        help="also compare the sink on embedded chDB with a bare chDB insert (env BENCH_SINK_CHDB=1; off by default)",
+        default=os.environ.get("BENCH_SINK_CHDB", "1" if importlib.util.find_spec("chdb") else "0") != "0",
+        help="also compare the sink on embedded chDB (the default store) with a bare chDB insert "
+        "(env BENCH_SINK_CHDB=0/1; default: on when chdb is installed)",
     )
     g.add_argument(
         "--sink-profile",
@@ -217,15 +221,26 @@ def raw_columnar(url: StoreURL, columns: list[list[Any]], batch: int, meter: Cpu
         client.disconnect()
 
 
-def store_insert(store: ServerStore, rows: list[KafkaRow], batch: int, meter: CpuMeter) -> Phase:
+def store_insert(
+    store: ServerStore, rows: list[KafkaRow], batch: int, meter: CpuMeter, profile: Path | None = None
+) -> Phase:
+    """ServerStore.insert in this thread, batch after batch; with ``profile``, under cProfile (the code
+    the sink runs in its store thread, which a cProfile of the sink process does not see)."""
     store.query("SELECT 1")
+    profiler = cProfile.Profile() if profile else None
     before = meter.sample()
     started = time.perf_counter()
+    if profiler:
+        profiler.enable()
     for s in _batches(len(rows), batch):
         chunk = rows[s]
         store.insert("events", chunk, f"bench:0:{chunk[0].offset}-{chunk[-1].offset}")
+    if profiler:
+        profiler.disable()
+        profiler.dump_stats(str(profile))
     seconds = time.perf_counter() - started
-    return Phase("store.insert in-process (ServerStore)", len(rows), seconds, CpuMeter.usage(before, meter.sample()))
+    name = "store.insert in-process (ServerStore)" + (" [under cProfile]" if profiler else "")
+    return Phase(name, len(rows), seconds, CpuMeter.usage(before, meter.sample()))
 
 
 def raw_chdb(path: Path, rows: list[KafkaRow], batch: int, meter: CpuMeter) -> Phase:
@@ -459,7 +474,7 @@ async def _main(opts: Options) -> None:
             finally:
                 store.close()
             print(
-                f"   JSON -> Python columns (ServerStore.insert's conversion) in this process: "
+                f"   JSON -> Python columns (ServerStore.to_columns, inside ServerStore.insert), in this process: "
                 f"{convert_s / len(rows) * 1e6:.1f} µs/row (= at most {len(rows) / convert_s:,.0f} rows/s per core)"
             )
             results["raw"] = raw_columnar(raw_url, columns, batch, meter)
@@ -470,14 +485,18 @@ async def _main(opts: Options) -> None:
             created.append(databases["store"])
             try:
                 migrate(store)
-                results["store"] = store_insert(store, rows, batch, meter)
+                store_profile = opts.profile.with_name(opts.profile.name + ".store") if opts.profile else None
+                results["store"] = store_insert(store, rows, batch, meter, store_profile)
             finally:
                 store.close()
             results["store"].print()
 
             print("-- sink: python -m eventpipe.cli sink, consuming the preloaded topic")
             if opts.profile:
-                print(f"   (under cProfile -> {opts.profile}: sink figures are slowed by the profiler)")
+                print(
+                    f"   (under cProfile -> {opts.profile}: it profiles the sink's event-loop thread only, the inserts "
+                    f"run in its store thread: see {opts.profile.name}.store, store.insert profiled in-process)"
+                )
             sink_url = settings.store
             created.append(databases["sink"])
             count_rows, counter = server_count(sink_url)
@@ -506,7 +525,9 @@ async def _main(opts: Options) -> None:
                     print(f"   could not drop databases {', '.join(created)}: {exc!r}")
 
     _summary(results, cores)
-    print_profile(opts.profile, "sink")
+    print_profile(opts.profile, "sink (event-loop thread)")
+    if opts.profile:
+        print_profile(opts.profile.with_name(opts.profile.name + ".store"), "store.insert (the store thread's work)")
 
 
 async def chdb_phases(

@@ -37,6 +37,7 @@ def count(stack: Stack, expr: str = "count()", final: bool = False) -> int:
     return int(stack.sql(f"SELECT {expr} AS n FROM events{' FINAL' if final else ''}")[0]["n"])
 
 
+@pytest.mark.timeout(900)
 def test_sink_killed_three_times_loses_and_doubles_nothing(kafka: str, store_kind: str, tmp_path: Path) -> None:
     stack = Stack(tmp_path, store=store_kind).start()
     try:
@@ -69,6 +70,7 @@ def _peak_rss_kib(pid: int) -> int:
     return 0
 
 
+@pytest.mark.timeout(900)
 def test_clickhouse_down_for_a_minute(kafka: str, clickhouse_server: str, tmp_path: Path) -> None:
     stack = Stack(tmp_path, store="server").start()
     try:
