@@ -74,6 +74,7 @@ class Supervisor:
                 [sys.executable, "-m", "eventpipe.cli", stage],
                 start_new_session=True,
                 env=os.environ.copy(),
+                preexec_fn=_die_with_parent,
             )
         # Recorded so `eventpipe down` can clean up even if this supervisor is killed outright.
         pids = "\n".join(str(p.pid) for p in self.children.values())
@@ -117,6 +118,17 @@ class Supervisor:
                 proc.wait()
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the supervisor dies, even by SIGKILL (Linux
+    PR_SET_PDEATHSIG), so a stage never outlives it; the stage then shuts down cleanly as usual."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except OSError:
+        pass  # not Linux: `eventpipe down` still cleans up from children.pids
+
+
 def run(settings: Settings) -> int:
     asyncio.run(ensure_topics(settings))
     sup = Supervisor(settings)
@@ -130,6 +142,7 @@ def run(settings: Settings) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)  # the terminal went away: stop like Ctrl-C
     code = 0
     try:
         _say(f"store: {settings.store.redacted()}  kafka: {settings.kafka_bootstrap}")
