@@ -32,7 +32,7 @@ down:
 	bash deploy/local/clickhouse-cluster.sh stop
 	bash deploy/local/zookeeper.sh stop
 
-## test: start Kafka and the ClickHouse server, then the whole pytest suite.
+## test: start Kafka, the ClickHouse server, ZooKeeper + a 2-node ClickHouse cluster, then the whole pytest suite.
 test: $(STAMP)
 	bash deploy/local/kafka.sh start
 	bash deploy/local/clickhouse.sh start

@@ -160,9 +160,6 @@ def build_app(settings: Settings) -> faust.App:
         async for events in stream.take_events(BATCH, within=BATCH_WINDOW_S):
             out = await outbox()
             for event in events:
-                # Table writes go to the changelog partition of "the current event"; take_events
-                # doesn't set it per event, so do it here as Faust's own iteration does.
-                stream._set_current_event(event)
                 try:
                     envelope = ujson.loads(event.value)
                     team_id = int(envelope["team_id"])
@@ -170,17 +167,10 @@ def build_app(settings: Settings) -> faust.App:
                 except (ValueError, KeyError, TypeError) as exc:
                     await dead(out, f"unparseable team envelope: {exc!r}", event.value, event.key)
                     continue
-                for index, obj in enumerate(raws):
-                    position = (event.message.partition, event.message.offset, index)
-                    try:
-                        raw = RawEvent(**obj)
-                        if already_applied(state, team_id, position):
-                            rows, emitted = replay_rows(raw, team_id, state)
-                        else:
-                            rows, emitted = process_with_persons(raw, team_id, state, position)
-                    except Exception as exc:  # one poisonous event must not stall the team: dead-letter it
-                        log.exception("event could not be processed")
-                        await dead(out, f"processing failed: {exc!r}", ujson.dumps(obj).encode(), event.key)
+                results = apply_envelope(stream, event, team_id, raws)
+                for rows, emitted, failed in results:
+                    if failed is not None:
+                        await dead(out, failed, rows, event.key)
                         continue
                     await out.rows(topics.person_distinct_ids, emitted.distinct_ids, "distinct_id")
                     await out.rows(topics.persons, emitted.persons, "id")
@@ -188,6 +178,34 @@ def build_app(settings: Settings) -> faust.App:
                     await out.rows(topics.events, rows.events, "uuid")
                     await out.rows(topics.ingestion_warnings, rows.warnings)
             await out.flush()
+
+    def apply_envelope(stream: faust.StreamT, event: Any, team_id: int, raws: list[Any]) -> list[Any]:
+        """Apply one envelope's events to the team state, synchronously.
+
+        Table writes go to the changelog partition of "the current event", which ``take_events``
+        doesn't set per event. It is set here and restored before returning, with no ``await`` in
+        between: take_events' buffer reads the stream's current event when the next message arrives,
+        so leaving an older event there would pair a new message with the wrong event (and lose it).
+        """
+        previous = stream.current_event
+        stream._set_current_event(event)
+        results: list[Any] = []
+        try:
+            for index, obj in enumerate(raws):
+                position = (event.message.partition, event.message.offset, index)
+                try:
+                    raw = RawEvent(**obj)
+                    if already_applied(state, team_id, position):
+                        rows, emitted = replay_rows(raw, team_id, state)
+                    else:
+                        rows, emitted = process_with_persons(raw, team_id, state, position)
+                    results.append((rows, emitted, None))
+                except Exception as exc:  # one poisonous event must not stall the team: dead-letter it
+                    log.exception("event could not be processed")
+                    results.append((ujson.dumps(obj).encode(), None, f"processing failed: {exc!r}"))
+        finally:
+            stream._set_current_event(previous)
+        return results
 
     @app.on_before_shutdown.connect
     async def stop_edges(_sender: object, **_kwargs: object) -> None:
