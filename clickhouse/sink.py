@@ -78,7 +78,6 @@ class Sink:
         self.consumer: AIOKafkaConsumer | None = None
         self.dlq: AIOKafkaProducer | None = None
         self.metrics = SinkMetrics()
-        self.rows_written = 0
         self.inserting = False
         self._lock: DirLock | None = None
         self._admin: web.AppRunner | None = None
@@ -189,10 +188,11 @@ class Sink:
                 return
             first, last = rows[0].offset, rows[-1].offset
             table = self.table_of[tp.topic]
+            token = dedup_token(tp.topic, tp.partition, rows)
             try:
                 await self.consumer.commit({tp: OffsetAndMetadata(first, f"{PENDING}{last}")})
                 self.inserting = True
-                refused = await self._write(table, tp, rows, dedup_token(tp.topic, tp.partition, rows))
+                refused = await self._write(table, rows, token)
                 await self._dead_letter(table, refused)
                 await self.consumer.commit({tp: OffsetAndMetadata(last + 1, "")})
             except KafkaError as exc:
@@ -205,14 +205,11 @@ class Sink:
                 return
             finally:
                 self.inserting = False
-            self.rows_written += len(rows) - len(refused)
             self.metrics.rows.inc(table, len(rows) - len(refused))
             self.metrics.batches.inc(table)
-            log.debug("batch %s inserted: %d rows", dedup_token(tp.topic, tp.partition, rows), len(rows))
+            log.debug("batch %s inserted: %d rows", token, len(rows))
 
-    async def _write(
-        self, table: str, tp: TopicPartition, rows: list[KafkaRow], token: str
-    ) -> list[tuple[KafkaRow, str]]:
+    async def _write(self, table: str, rows: list[KafkaRow], token: str) -> list[tuple[KafkaRow, str]]:
         """Insert ``rows``; returns the rows ClickHouse refused, with its error."""
         try:
             await self._insert_retrying(table, rows, token)
@@ -222,8 +219,8 @@ class Sink:
                 return [(rows[0], str(exc).strip().splitlines()[0][:1000] if str(exc).strip() else repr(exc))]
             log.warning("batch %s refused (%r); bisecting to isolate the bad rows", token, exc)
             mid = len(rows) // 2  # deterministic halves, so a retry after a crash re-cuts them identically
-            left = await self._write(table, tp, rows[:mid], f"{token}/a")
-            right = await self._write(table, tp, rows[mid:], f"{token}/b")
+            left = await self._write(table, rows[:mid], f"{token}/a")
+            right = await self._write(table, rows[mid:], f"{token}/b")
             return left + right
 
     async def _insert_retrying(self, table: str, rows: list[KafkaRow], token: str) -> None:

@@ -168,6 +168,7 @@ class RegistryReader:
 async def create_team(settings: Settings, name: str, attempts: int = 10) -> Team:
     """Append a new team with a fresh api key; retries on a lost team-id race (see eventpipe.teams)."""
     await ensure_topics(settings)
+    topic = topics_for(settings).teams
     reader = RegistryReader(settings)
     prod = producer(settings)
     await reader.start()
@@ -175,12 +176,12 @@ async def create_team(settings: Settings, name: str, attempts: int = 10) -> Team
     try:
         for _ in range(attempts):
             team = Team(reader.registry.next_team_id(), name, new_api_key(), now_ts())
-            await prod.send_and_wait(reader._tp.topic, team.to_json(), key=team.api_key.encode())
+            await prod.send_and_wait(topic, team.to_json(), key=team.api_key.encode())
             await reader.catch_up(timeout_s=30)
             if reader.registry.owns(team):
                 return team
             # Another writer took this id first: withdraw our claim and try the next id.
-            await prod.send_and_wait(reader._tp.topic, None, key=team.api_key.encode())
+            await prod.send_and_wait(topic, None, key=team.api_key.encode())
         raise RuntimeError(f"could not allocate a team id after {attempts} attempts")
     finally:
         await prod.stop()

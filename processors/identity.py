@@ -227,6 +227,15 @@ class Identity:
         self.s.persons[self._pkey(source["id"])] = {"id": source["id"], "merged_into": target_id}
         self.out.persons.append(person_row(self.team, source, deleted=True))
 
+    def current_id_rows(self, person: dict[str, Any]) -> list[dict[str, Any]]:
+        """The person_distinct_id rows of ``person``'s ids as the state holds them now."""
+        rows = []
+        for d in person["distinct_ids"]:
+            entry = self.s.distinct_ids.get(self._dkey(d))
+            if entry is not None:
+                rows.append(distinct_id_row(self.team, d, entry["person_id"], entry["version"]))
+        return rows
+
     def _heal(self, person: dict[str, Any]) -> None:
         """Point every id of ``person`` at it (completes a merge a crash interrupted)."""
         for d in person["distinct_ids"]:

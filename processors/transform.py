@@ -16,7 +16,6 @@ from processors.identity import (
     State,
     already_applied,
     apply_properties,
-    distinct_id_row,
     mark_applied,
     person_row,
     personless_id,
@@ -141,10 +140,7 @@ def replay_rows(raw: RawEvent, team_id: int, state: State) -> tuple[Output, Emit
         if person is not None:
             person_id, person_props = person["id"], person["properties"]
             out.persons.append(person_row(team_id, person))
-            for d in person["distinct_ids"]:
-                entry = state.distinct_ids.get(f"{team_id}:d:{d}")
-                if entry is not None:
-                    out.distinct_ids.append(distinct_id_row(team_id, d, entry["person_id"], entry["version"]))
+            out.distinct_ids.extend(idn.current_id_rows(person))
     groups = _groups(idn, raw, props, assign=False)
     out.warnings = []
     return process_event(raw, team_id, person_id=person_id, person_properties=person_props, groups=groups), out
