@@ -10,8 +10,9 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 RUN python -m venv /opt/eventpipe
 WORKDIR /src
 # Dependencies first, in a layer of their own: placeholder packages with the real metadata pull them
-# all, so a source change does not download the large chdb wheel again. (Plain RUN steps: the legacy
-# builder, e.g. under docker-compose 1.29, builds this file as well as BuildKit.)
+# all, so a source change does not download them again. (Plain RUN steps: the legacy builder, e.g.
+# under docker-compose 1.29, builds this file as well as BuildKit.) No local ClickHouse engine (the
+# `local` extra) in the image: it points at a ClickHouse server (EVENTPIPE_CLICKHOUSE_URL).
 COPY pyproject.toml README.md ./
 RUN mkdir -p eventpipe gateway processors clickhouse \
     && touch eventpipe/__init__.py gateway/__init__.py processors/__init__.py clickhouse/__init__.py \
@@ -36,7 +37,7 @@ RUN groupadd --system --gid 10001 eventpipe \
     && useradd --system --uid 10001 --gid eventpipe --home-dir /var/lib/eventpipe --shell /usr/sbin/nologin eventpipe \
     && install -d -o eventpipe -g eventpipe -m 0750 /var/lib/eventpipe
 COPY --from=build /opt/eventpipe /opt/eventpipe
-# EVENTPIPE_HOME holds run files (ready markers), Faust data and, for an embedded store, chDB data.
+# EVENTPIPE_HOME holds run files (ready markers) and Faust data.
 # EVENTPIPE_HOST=0.0.0.0 so the gateway is reachable from outside the container.
 ENV PATH=/opt/eventpipe/bin:$PATH \
     PYTHONUNBUFFERED=1 \

@@ -10,19 +10,22 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,local]'
 	@touch $(STAMP)
 
 install: $(STAMP)
 
-## run: Kafka + gateway + processors + sink (embedded ClickHouse) in the foreground; Ctrl-C stops.
+## run: Kafka + the local ClickHouse 26 server + gateway + processors + sink in the foreground; Ctrl-C stops
+## the stack (Kafka and ClickHouse keep running for the CLI; `make down` stops them too).
 run: $(STAMP)
 	bash deploy/local/kafka.sh start
+	bash deploy/local/clickhouse.sh start
 	$(BIN)/eventpipe run
 
 ## up / down: the same stack in the background.
 up: $(STAMP)
 	bash deploy/local/kafka.sh start
+	bash deploy/local/clickhouse.sh start
 	$(BIN)/eventpipe up
 
 down:
@@ -32,7 +35,8 @@ down:
 	bash deploy/local/clickhouse-cluster.sh stop
 	bash deploy/local/zookeeper.sh stop
 
-## test: start Kafka, the ClickHouse server, ZooKeeper + a 2-node ClickHouse cluster, then the whole pytest suite.
+## test: start Kafka, the local ClickHouse 26 server, ZooKeeper + a 2-node ClickHouse 18.16 cluster (Debian's
+## server, for the Replicated cluster test), then the whole pytest suite.
 test: $(STAMP)
 	bash deploy/local/kafka.sh start
 	bash deploy/local/clickhouse.sh start

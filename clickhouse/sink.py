@@ -18,8 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import random
+import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -32,13 +32,13 @@ from aiokafka.structs import OffsetAndMetadata
 
 from clickhouse.admin import build_admin_app
 from clickhouse.batch import PartitionBuffer, dedup_token
-from clickhouse.owner import DirectoryBusy, DirLock, OwnerInfo, new_secret
 from clickhouse.store import KafkaRow, Store, is_retryable, migrate, open_store
 from eventpipe.config import Settings
 from eventpipe.contract import dead_letter, now_ts
+from eventpipe.files import write_private
 from eventpipe.kafka import ensure_topics, producer, topics_for
 from eventpipe.metrics import SinkMetrics
-from eventpipe.supervisor import clear_ready, mark_ready
+from eventpipe.supervisor import clear_ready, mark_ready, run_dir
 
 log = logging.getLogger("eventpipe.sink")
 
@@ -79,21 +79,16 @@ class Sink:
         self.dlq: AIOKafkaProducer | None = None
         self.metrics = SinkMetrics()
         self.inserting = False
-        self._lock: DirLock | None = None
         self._admin: web.AppRunner | None = None
 
     async def _call(self, fn: Any, *args: Any) -> Any:
-        # chDB and clickhouse-driver are blocking: one dedicated thread keeps the event loop (and the
+        # clickhouse-driver is blocking: one dedicated thread keeps the event loop (and the
         # Kafka fetcher) running while ClickHouse works.
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     # -- start-up --------------------------------------------------------------------------------
     async def open(self) -> None:
         url = self.settings.store
-        if url.kind == "chdb":
-            assert url.path is not None
-            self._lock = DirLock(url.path)
-            await self._acquire(self._lock)
         delay = 0.5
         while True:  # a ClickHouse server that is not up yet is waited for, not a crash
             try:
@@ -109,35 +104,19 @@ class Sink:
         await self._serve_admin()
         log.info("sink store %s (ClickHouse %d.%d)", url.redacted(), *self.store.dialect.version)
 
-    @staticmethod
-    async def _acquire(lock: DirLock) -> None:
-        # A CLI that opened the directory for a moment (no sink was running) releases it soon.
-        while True:
-            try:
-                lock.acquire()
-                return
-            except DirectoryBusy:
-                log.info("waiting for %s", lock.path)
-                await asyncio.sleep(0.5)
-
     async def _serve_admin(self) -> None:
-        """Loopback admin endpoint (SQL, migrations, /metrics) behind a bearer secret."""
-        assert self.store is not None
-        secret = self.settings.admin_secret or new_secret()
-        app = build_admin_app(self.store, self.executor, secret)
-        app.router.add_get("/metrics", self._metrics)
-        runner = web.AppRunner(app, access_log=None)
+        """Loopback /metrics behind a bearer secret: EVENTPIPE_ADMIN_SECRET, or one made for this run and
+        written with the endpoint's URL to ``<home>/run/sink-admin.json`` (0600) for the operator."""
+        secret = self.settings.admin_secret or secrets.token_urlsafe(32)
+        runner = web.AppRunner(build_admin_app(secret, self.metrics.render), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, self.settings.admin_host, self.settings.admin_port)
         await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        url = self.settings.store
-        if url.kind == "chdb" and url.path is not None:
-            OwnerInfo(os.getpid(), f"http://{self.settings.admin_host}:{port}", secret).write(url.path)
         self._admin = runner
-
-    async def _metrics(self, _request: web.Request) -> web.Response:
-        return web.Response(text=self.metrics.render(), content_type="text/plain")
+        if not self.settings.admin_secret:
+            port = runner.addresses[0][1]
+            url = f"http://{self.settings.admin_host}:{port}/metrics"
+            write_private(run_dir(self.settings) / "sink-admin.json", ujson.dumps({"url": url, "secret": secret}))
 
     async def start_consumer(self) -> None:
         await ensure_topics(self.settings)
@@ -303,16 +282,12 @@ class Sink:
             await self.dlq.stop()
             self.dlq = None
         if self._admin is not None:
-            if self.settings.store.kind == "chdb" and self.settings.store.path is not None:
-                OwnerInfo.remove(self.settings.store.path)
             await self._admin.cleanup()
             self._admin = None
         if self.store is not None:
             await self._call(self.store.close)
             self.store = None
         self.executor.shutdown(wait=True)
-        if self._lock is not None:
-            self._lock.release()
 
 
 def serve(settings: Settings) -> None:

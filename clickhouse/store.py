@@ -1,8 +1,9 @@
-"""Stores: where rows end up. A ClickHouse server (native protocol) or embedded chDB.
+"""The store: where rows end up. Every ClickHouse — the local server of ``make run``, a remote server,
+a cluster — is reached the same way, over the native protocol with clickhouse-driver.
 
-Both are synchronous; callers on an event loop run them in one dedicated thread (see
-:class:`clickhouse.sink.Sink`). ``insert`` takes the Kafka message values as they arrived, so a store
-decides how to encode them: columnar blocks for the server, JSONEachRow text for chDB.
+It is synchronous; callers on an event loop run it in one dedicated thread (see
+:class:`clickhouse.sink.Sink`). ``insert`` takes the Kafka message values as they arrived and encodes
+them as columnar blocks.
 """
 
 from __future__ import annotations
@@ -56,6 +57,11 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
+def connection_args(url: StoreURL) -> dict[str, Any]:
+    """clickhouse-driver's connection arguments for a store URL (without the database)."""
+    return {"host": url.host, "port": url.port, "user": url.user, "password": url.password, "secure": url.secure}
+
+
 def _check_token(token: str | None) -> str | None:
     if token is not None and not _TOKEN.match(token):
         raise ValueError(f"unsafe deduplication token {token!r}")
@@ -75,7 +81,7 @@ class ServerStore:
         self.url = url
         # The database is created on first use, like the tables, so a fresh server needs no set-up
         # (on every node, in cluster mode).
-        bootstrap = Client(host=url.host, port=url.port, user=url.user, password=url.password, connect_timeout=5)
+        bootstrap = Client(**connection_args(url), connect_timeout=5)
         try:
             version = parse_version(bootstrap.execute("SELECT version()")[0][0])
             self.dialect = Dialect(version, cluster=cluster, database=url.database)
@@ -83,10 +89,7 @@ class ServerStore:
         finally:
             bootstrap.disconnect()
         self.client = Client(
-            host=url.host,
-            port=url.port,
-            user=url.user,
-            password=url.password,
+            **connection_args(url),
             database=url.database,
             connect_timeout=5,
             send_receive_timeout=60,
@@ -159,56 +162,6 @@ def _to_python(type_: str, value: Any) -> Any:
     return value if isinstance(value, str) else ujson.dumps(value)
 
 
-class ChdbStore:
-    """Embedded ClickHouse (chDB). Only one process may open a data directory: see clickhouse.owner."""
-
-    def __init__(self, url: StoreURL) -> None:
-        from chdb import session
-
-        assert url.path is not None
-        url.path.mkdir(parents=True, exist_ok=True)
-        self.url = url
-        self.session = session.Session(str(url.path))
-        version = self.session.query("SELECT version()", "TabSeparated").bytes().decode().strip()
-        self.dialect = Dialect(parse_version(version))
-
-    def execute(self, sql: str) -> None:
-        self.session.query(sql, "TabSeparated")
-
-    def query(self, sql: str, params: dict[str, Any] | None = None) -> Result:
-        res = self.session.query(sql, "JSONCompact", params=params or None)
-        raw = res.bytes()
-        if not raw.strip():
-            return Result([], [], [])
-        doc = ujson.loads(raw)
-        meta = doc.get("meta", [])
-        return Result([m["name"] for m in meta], [m["type"] for m in meta], [tuple(r) for r in doc.get("data", [])])
-
-    def insert(self, table: str, rows: Sequence[KafkaRow], dedup_token: str | None) -> None:
-        columns = ", ".join(f"`{c}`" for c in TABLE_COLUMNS[table])
-        token = _check_token(dedup_token)
-        settings = (
-            f" SETTINGS insert_deduplication_token='{token}'" if token and self.dialect.supports_dedup_token else ""
-        )
-        # Message values are JSON objects written by our processors; append the Kafka coordinates by
-        # splicing bytes instead of re-encoding each row.
-        body = b"\n".join(
-            b'%s,"_timestamp":%d,"_offset":%d,"_partition":%d}'
-            % (r.value.rstrip()[:-1], r.timestamp_ms // 1000, r.offset, r.partition)
-            for r in rows
-        )
-        sql = f"INSERT INTO {table} ({columns}){settings} FORMAT JSONEachRow\n"
-        self.session.query(sql + body.decode("utf-8", "replace"), "TabSeparated")
-
-    def insert_values(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-        cols = ", ".join(f"`{c}`" for c in columns)
-        body = "\n".join(ujson.dumps(dict(zip(columns, r, strict=True)), default=str) for r in rows)
-        self.session.query(f"INSERT INTO {table} ({cols}) FORMAT JSONEachRow\n{body}", "TabSeparated")
-
-    def close(self) -> None:
-        self.session.close()
-
-
 # Server error codes worth retrying as they are (the data is fine, the server is not).
 # 279: every replica of a shard unreachable behind a Distributed insert (cluster mode).
 _RETRYABLE_CODES = frozenset({159, 164, 202, 209, 210, 225, 241, 242, 252, 279, 319, 425, 999})
@@ -227,9 +180,7 @@ def is_retryable(exc: BaseException) -> bool:
 
 
 def open_store(url: StoreURL, cluster: str = "") -> Store:
-    if cluster and url.kind == "chdb":
-        raise ValueError("EVENTPIPE_CLICKHOUSE_CLUSTER needs a ClickHouse server URL (clickhouse://...), not chDB")
-    return ChdbStore(url) if url.kind == "chdb" else ServerStore(url, cluster)
+    return ServerStore(url, cluster)
 
 
 def migrate(store: Store, dry_run: bool = False) -> list[str]:

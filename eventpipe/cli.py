@@ -6,9 +6,6 @@ import argparse
 import asyncio
 import json
 import sys
-import time
-import urllib.error
-import urllib.request
 from typing import Any
 
 from eventpipe import config
@@ -38,71 +35,15 @@ def _cmd_teams(args: argparse.Namespace, settings: config.Settings) -> int:
     return 0
 
 
-def _post_owner(owner: Any, path: str, payload: dict[str, Any]) -> dict[str, Any]:
-    req = urllib.request.Request(
-        owner.url + path,
-        data=json.dumps(payload).encode(),
-        headers={"Authorization": f"Bearer {owner.secret}", "Content-Type": "application/json"},
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        body = json.loads(exc.read() or b"{}")
-        raise SystemExit(f"error: {body.get('error', exc)}") from None
-
-
-def _on_store(settings: config.Settings, path: str, payload: dict[str, Any], local: Any) -> Any:
-    """Run against the configured store: through the process that holds an embedded chDB directory
-    (its admin endpoint), or by opening the store here (``local(store)``) when no process holds it.
-    A directory that is locked but not yet served (its owner is starting) is waited for."""
-    from clickhouse.owner import DirectoryBusy, DirLock, OwnerInfo
-    from clickhouse.store import open_store
-
-    url = settings.store
-    if url.kind != "chdb" or url.path is None:
-        store = open_store(url, settings.clickhouse_cluster)
-        try:
-            return local(store)
-        finally:
-            store.close()
-    deadline = time.monotonic() + 60
-    while True:
-        owner = OwnerInfo.read(url.path)
-        if owner is not None:
-            return _post_owner(owner, path, payload)
-        lock = DirLock(url.path)
-        try:
-            lock.acquire()
-        except DirectoryBusy:
-            if time.monotonic() > deadline:
-                raise SystemExit(f"error: {url.path} is held by a process that serves no admin endpoint") from None
-            time.sleep(0.2)
-            continue
-        try:
-            store = open_store(url, settings.clickhouse_cluster)
-            try:
-                return local(store)
-            finally:
-                store.close()
-        finally:
-            lock.release()
-
-
 def _cmd_sql(args: argparse.Namespace, settings: config.Settings) -> int:
-    from clickhouse.admin import is_read_only
+    from clickhouse import readonly
 
     params = dict(p.split("=", 1) for p in args.param)
-    if not is_read_only(args.query):
-        raise SystemExit("error: only one read-only statement (SELECT/SHOW/DESCRIBE/EXISTS/EXPLAIN)")
-
-    def local(store: Any) -> dict[str, Any]:
-        result = store.query(args.query, params or None)
-        return {"columns": result.columns, "rows": result.rows}
-
-    answer = _on_store(settings, "/sql", {"sql": args.query, "params": params or None}, local)
-    columns, rows = answer["columns"], [tuple(r) for r in answer["rows"]]
+    try:
+        result = readonly.run(settings.read_store, args.query, params or None)
+    except readonly.QueryRefused as exc:
+        raise SystemExit(f"error: {exc}") from None
+    columns, rows = result.columns, result.rows
     fmt = args.format or ("table" if sys.stdout.isatty() else "tsv")
     if fmt == "json":
         print(json.dumps([dict(zip(columns, r, strict=True)) for r in rows], default=str, ensure_ascii=False))
@@ -115,17 +56,25 @@ def _cmd_sql(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def _cmd_migrate(args: argparse.Namespace, settings: config.Settings) -> int:
-    from clickhouse.store import migrate
+    from clickhouse.store import migrate, open_store
 
-    suffix = "?dry_run=1" if args.dry_run else ""
-    answer = _on_store(
-        settings, "/migrate" + suffix, {}, lambda store: {"statements": migrate(store, dry_run=args.dry_run)}
-    )
-    statements = answer["statements"]
+    store = open_store(settings.store, settings.clickhouse_cluster)
+    try:
+        statements = migrate(store, dry_run=args.dry_run)
+    finally:
+        store.close()
     for sql in statements:
         print(sql.rstrip() + ";\n")
     if not args.dry_run:
         print(f"-- migrations applied to {settings.store.redacted()}", file=sys.stderr)
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace, settings: config.Settings) -> int:
+    from eventpipe.status import collect, render
+
+    status = collect(settings)
+    print(json.dumps(status, indent=2) if args.json else render(status))
     return 0
 
 
@@ -155,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--json", action="store_true")
     lst = tsub.add_parser("list", help="list teams")
     lst.add_argument("--json", action="store_true")
-    sql = sub.add_parser("sql", help="run a read-only SQL query against the configured store")
+    sql = sub.add_parser("sql", help="run one read-only SQL query (ClickHouse enforces readonly=1 and limits)")
     sql.add_argument("query")
     sql.add_argument("--format", choices=["table", "json", "tsv"])
     sql.add_argument(
@@ -165,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="a query parameter, used in the query as {NAME:Type}",
     )
+    status = sub.add_parser("status", help="stages (pid, ready), the Kafka bootstrap and ClickHouse's addresses")
+    status.add_argument("--json", action="store_true")
     mig = sub.add_parser("migrate", help="apply ClickHouse migrations")
     mig.add_argument("--dry-run", action="store_true", help="print the SQL without running it")
     return p
@@ -177,6 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    try:
+        return _dispatch(args, settings)
+    except config.NoStore as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace, settings: config.Settings) -> int:
     if args.cmd == "run":
         from eventpipe.supervisor import run
 
@@ -204,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
 
         serve_sink(settings)
         return 0
-    handlers = {"teams": _cmd_teams, "sql": _cmd_sql, "migrate": _cmd_migrate}
+    handlers = {"teams": _cmd_teams, "sql": _cmd_sql, "migrate": _cmd_migrate, "status": _cmd_status}
     return handlers[args.cmd](args, settings)
 
 

@@ -9,13 +9,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 
 def default_home() -> Path:
-    """Where local state lives: the checkout's ``.local`` for a source install, else ``./.local``."""
+    """Where local state lives: the checkout's ``.local`` for a source install, else ``./.local``
+    (the local Kafka and ClickHouse of deploy/local/ live there too, see EVENTPIPE_LOCAL_DIR)."""
     if (PACKAGE_ROOT / "pyproject.toml").exists():
         return PACKAGE_ROOT / ".local"
     return Path.cwd() / ".local"
@@ -23,42 +25,53 @@ def default_home() -> Path:
 
 @dataclass(frozen=True)
 class StoreURL:
-    """A parsed ``EVENTPIPE_CLICKHOUSE_URL``: a ClickHouse server or an embedded chDB directory."""
+    """A parsed ClickHouse URL: ``clickhouse://user:password@host:port/database`` (native protocol;
+    ``clickhouses://`` for TLS)."""
 
-    kind: str  # "clickhouse" | "chdb"
+    kind: str = "clickhouse"
     host: str = "127.0.0.1"
     port: int = 9000
     user: str = "default"
-    password: str = ""
+    password: str = field(default="", repr=False)  # never in a repr, a log line or an error
     database: str = "default"
-    path: Path | None = None
+    secure: bool = False
 
     @classmethod
     def parse(cls, url: str) -> StoreURL:
         parts = urlsplit(url)
-        if parts.scheme == "chdb":
-            # chdb:///abs/path or chdb://./relative (netloc + path joined)
-            raw = unquote((parts.netloc or "") + parts.path)
-            if not raw:
-                raise ValueError(f"chdb URL needs a directory: {url!r} (e.g. chdb:///var/lib/eventpipe)")
-            return cls(kind="chdb", path=Path(raw).expanduser().resolve(), database="default")
-        if parts.scheme in ("clickhouse", "clickhouses", "tcp"):
+        scheme = parts.scheme.lower()
+        if scheme in ("clickhouse", "clickhouses", "tcp"):
+            secure = scheme == "clickhouses"
             return cls(
                 kind="clickhouse",
                 host=parts.hostname or "127.0.0.1",
-                port=parts.port or 9000,
+                port=parts.port or (9440 if secure else 9000),
                 user=unquote(parts.username or "default"),
                 password=unquote(parts.password or ""),
                 database=(parts.path or "/").strip("/") or "default",
+                secure=secure,
             )
+        shown = StoreURL.redact(url)
         raise ValueError(
-            f"unsupported EVENTPIPE_CLICKHOUSE_URL {url!r}: use clickhouse://user:pass@host:port/db or chdb:///path"
+            f"unsupported ClickHouse URL {shown!r}: use clickhouse://user:password@host:port/database "
+            "(native protocol; clickhouses:// for TLS)"
         )
 
+    @staticmethod
+    def redact(url: str) -> str:
+        """``url`` with any password replaced, for messages about a URL that may not parse."""
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        return url.replace(f":{parts.password}@", ":***@", 1)
+
     def redacted(self) -> str:
-        if self.kind == "chdb":
-            return f"chdb://{self.path}"
-        return f"clickhouse://{self.user}@{self.host}:{self.port}/{self.database}"
+        scheme = "clickhouses" if self.secure else "clickhouse"
+        return f"{scheme}://{self.user}@{self.host}:{self.port}/{self.database}"
+
+
+class NoStore(ValueError):
+    """No EVENTPIPE_CLICKHOUSE_URL and no local server to default to."""
 
 
 def _env(name: str, default: str) -> str:
@@ -86,6 +99,11 @@ class Settings:
     admin_host: str = "127.0.0.1"
     admin_secret: str = ""
     admin_port: int = 0
+    # The local ClickHouse server's state (deploy/local/clickhouse.sh): its server.json says where it
+    # listens and the passwords; used when EVENTPIPE_CLICKHOUSE_URL is empty.
+    local_dir: Path = field(default_factory=default_home)
+    clickhouse_read_url: str = ""
+    clickhouse_http_url: str = ""
     produce_timeout_s: float = 10.0
     max_body_bytes: int = 2 * 1024 * 1024
     max_batch_body_bytes: int = 20 * 1024 * 1024
@@ -93,16 +111,53 @@ class Settings:
     sink_batch_seconds: float = 1.0
     trusted_proxies: str = ""
 
+    def local_server(self) -> Any:
+        """The local ClickHouse server's description, or None when it was never started here."""
+        from clickhouse.local_server import LocalServer
+
+        return LocalServer.read(self.local_dir / "clickhouse")
+
+    def _local_url(self, reader: bool) -> str:
+        server = self.local_server()
+        if server is None:
+            raise NoStore(
+                "no ClickHouse configured: set EVENTPIPE_CLICKHOUSE_URL=clickhouse://user:password@host:port/db, "
+                f"or start the local server (make up, or bash deploy/local/clickhouse.sh start; it writes "
+                f"{self.local_dir / 'clickhouse' / 'server.json'})"
+            )
+        return str(server.url(reader=reader))
+
     @property
     def store(self) -> StoreURL:
-        return StoreURL.parse(self.clickhouse_url or f"chdb://{self.home / 'chdb'}")
+        """Where the sink writes and migrations run."""
+        return StoreURL.parse(self.clickhouse_url or self._local_url(reader=False))
+
+    @property
+    def read_store(self) -> StoreURL:
+        """What ``eventpipe sql`` connects as: EVENTPIPE_CLICKHOUSE_READ_URL, else the local server's
+        read-only user, else the store itself (``eventpipe sql`` always asks for readonly=1 too)."""
+        if self.clickhouse_read_url:
+            return StoreURL.parse(self.clickhouse_read_url)
+        return StoreURL.parse(self.clickhouse_url or self._local_url(reader=True))
+
+    @property
+    def http_url(self) -> str:
+        """The store's HTTP interface, when known (the local server's, or EVENTPIPE_CLICKHOUSE_HTTP_URL)."""
+        if self.clickhouse_http_url or self.clickhouse_url:
+            return self.clickhouse_http_url
+        server = self.local_server()
+        return str(server.http) if server is not None else ""
 
 
 def load() -> Settings:
     home = Path(_env("HOME", str(default_home()))).expanduser().resolve()
+    local_dir = Path(os.environ.get("EVENTPIPE_LOCAL_DIR") or default_home()).expanduser().resolve()
     return Settings(
         kafka_bootstrap=_env("KAFKA_BOOTSTRAP", "127.0.0.1:19092"),
-        clickhouse_url=_env("CLICKHOUSE_URL", f"chdb://{home / 'chdb'}"),
+        clickhouse_url=_env("CLICKHOUSE_URL", ""),
+        clickhouse_read_url=_env("CLICKHOUSE_READ_URL", ""),
+        clickhouse_http_url=_env("CLICKHOUSE_HTTP_URL", ""),
+        local_dir=local_dir,
         clickhouse_cluster=_env("CLICKHOUSE_CLUSTER", ""),
         host=_env("HOST", "127.0.0.1"),
         port=_int("PORT", 8000),

@@ -7,6 +7,7 @@ the gateway first (no new events), then the processors, then the sink (which flu
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -76,9 +77,10 @@ class Supervisor:
                 env=os.environ.copy(),
                 preexec_fn=_die_with_parent,
             )
-        # Recorded so `eventpipe down` can clean up even if this supervisor is killed outright.
-        pids = "\n".join(str(p.pid) for p in self.children.values())
-        (run_dir(self.settings) / "children.pids").write_text(pids)
+        # Recorded for `eventpipe status`, and so `eventpipe down` can clean up even if this supervisor
+        # is killed outright.
+        pids = {stage: proc.pid for stage, proc in self.children.items()}
+        (run_dir(self.settings) / "stages.json").write_text(json.dumps(pids))
 
     def wait_ready(self, timeout_s: float = 120) -> None:
         deadline = time.monotonic() + timeout_s
@@ -216,7 +218,7 @@ def down(settings: Settings) -> int:
         time.sleep(0.25)
     else:
         os.killpg(pid, signal.SIGKILL)
-    _kill_leftover_children(run_dir(settings) / "children.pids")
+    _kill_leftover_children(run_dir(settings) / "stages.json")
     pidfile.unlink(missing_ok=True)
     _say("down")
     return 0
@@ -224,8 +226,8 @@ def down(settings: Settings) -> int:
 
 def _kill_leftover_children(pids_file: Path) -> None:
     try:
-        pids = [int(p) for p in pids_file.read_text().split()]
-    except (OSError, ValueError):
+        pids = [int(p) for p in json.loads(pids_file.read_text()).values()]
+    except (OSError, ValueError, AttributeError):
         return
     for pid in pids:
         try:

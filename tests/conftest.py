@@ -35,22 +35,18 @@ def kafka() -> str:
 
 @pytest.fixture(scope="session")
 def clickhouse_server() -> str:
+    """The local ClickHouse 26 server's writer URL (no database)."""
+    if not CLICKHOUSE:
+        pytest.fail("no local ClickHouse server (.local/clickhouse/server.json): run the suite with `make test`")
     hostport = CLICKHOUSE.split("@")[-1].split("/")[0]
     if not _reachable(hostport):
         pytest.fail(f"ClickHouse is not reachable at {hostport}: run the suite with `make test`, which starts it")
     return CLICKHOUSE
 
 
-@pytest.fixture(params=["server", "chdb"])
-def store_kind(request: pytest.FixtureRequest) -> str:
-    if request.param == "server":
-        request.getfixturevalue("clickhouse_server")
-    return str(request.param)
-
-
 @pytest.fixture
-def stack(kafka: str, store_kind: str, tmp_path: Path) -> Iterator[Stack]:
-    s = Stack(tmp_path, store=store_kind)
+def stack(kafka: str, clickhouse_server: str, tmp_path: Path) -> Iterator[Stack]:
+    s = Stack(tmp_path)
     try:
         yield s.start()
     finally:

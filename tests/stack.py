@@ -1,8 +1,8 @@
 """A real eventpipe stack for integration tests: gateway, processor(s) and sink as subprocesses.
 
-Each stack gets its own topic prefix, state directory, gateway port and (for the server store) its
-own ClickHouse database, so tests never see each other's data; ``close`` stops the processes and
-deletes the topics and the database.
+Each stack gets its own topic prefix, state directory, gateway port and its own database on the local
+ClickHouse 26 server (or the server ``clickhouse_url`` names), so tests never see each other's data;
+``close`` stops the processes and deletes the topics and the database.
 """
 
 from __future__ import annotations
@@ -24,16 +24,28 @@ from typing import Any, TypeVar
 import ujson
 from aiokafka.admin import AIOKafkaAdminClient
 
+from clickhouse.local_server import WRITER, LocalServer
 from eventpipe import config
 from eventpipe.kafka import create_team, topics_for
 
 # The services deploy/local/*.sh start (their ports follow the same EVENTPIPE_LOCAL_* variables).
 KAFKA = os.environ.get("EVENTPIPE_TEST_KAFKA", f"127.0.0.1:{os.environ.get('EVENTPIPE_LOCAL_KAFKA_PORT', '19092')}")
-CLICKHOUSE = os.environ.get(
-    "EVENTPIPE_TEST_CLICKHOUSE",
-    f"clickhouse://default@127.0.0.1:{os.environ.get('EVENTPIPE_LOCAL_CLICKHOUSE_PORT', '19000')}",
-)
 ROOT = Path(__file__).resolve().parent.parent
+LOCAL_DIR = Path(os.environ.get("EVENTPIPE_LOCAL_DIR") or ROOT / ".local")
+
+
+def _local_clickhouse() -> str:
+    """The local ClickHouse 26 server's writer URL, without a database (deploy/local/clickhouse.sh
+    writes the password to server.json); EVENTPIPE_TEST_CLICKHOUSE points the tests elsewhere."""
+    if os.environ.get("EVENTPIPE_TEST_CLICKHOUSE"):
+        return os.environ["EVENTPIPE_TEST_CLICKHOUSE"]
+    server = LocalServer.read(LOCAL_DIR / "clickhouse")
+    if server is None:
+        return ""
+    return f"clickhouse://{WRITER}:{server.writer_password}@{server.native}"
+
+
+CLICKHOUSE = _local_clickhouse()
 
 T = TypeVar("T")
 
@@ -60,12 +72,11 @@ class Stack:
     def __init__(
         self,
         tmp: Path,
-        store: str = "chdb",
         processors: int = 1,
         clickhouse_url: str | None = None,
         extra_env: dict[str, str] | None = None,
     ) -> None:
-        """``clickhouse_url`` (server store only): another server than CLICKHOUSE, without database;
+        """``clickhouse_url``: another server than CLICKHOUSE, without database;
         ``extra_env``: more variables for every stage (e.g. EVENTPIPE_CLICKHOUSE_CLUSTER)."""
         self.id = uuid.uuid4().hex[:10]
         self.prefix = f"t{self.id}_"
@@ -73,7 +84,7 @@ class Stack:
         self.port = free_port()
         self.database = f"eventpipe_test_{self.id}"
         self.clickhouse = clickhouse_url or CLICKHOUSE
-        url = f"chdb://{self.home / 'chdb'}" if store == "chdb" else f"{self.clickhouse}/{self.database}"
+        url = f"{self.clickhouse}/{self.database}"
         self.env = {
             **os.environ,
             "EVENTPIPE_KAFKA_BOOTSTRAP": KAFKA,
@@ -85,9 +96,9 @@ class Stack:
             "EVENTPIPE_SINK_BATCH_SECONDS": "0.2",
             **(extra_env or {}),
         }
-        self.store = store
         self.n_processors = processors
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.uses_clickhouse = False  # a sink ran or the CLI touched the database: close() drops it
         self.logs: list[Path] = []
 
     @property
@@ -105,6 +116,7 @@ class Stack:
         return f"http://127.0.0.1:{self.port}"
 
     def spawn(self, stage: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        self.uses_clickhouse |= stage == "sink"
         self.home.mkdir(parents=True, exist_ok=True)
         log = self.home / f"{stage}-{len(self.procs)}.log"
         self.logs.append(log)
@@ -229,6 +241,7 @@ class Stack:
             return exc.code, (ujson.loads(raw) if raw else None)
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        self.uses_clickhouse |= args[0] in ("migrate", "sql")
         return subprocess.run(
             [sys.executable, "-m", "eventpipe.cli", *args],
             env=self.env,
@@ -257,17 +270,20 @@ class Stack:
     def close(self) -> None:
         self.stop_all()
         asyncio.run(self._delete_topics())
-        if self.store == "server":
-            from clickhouse_driver import Client
+        if not self.uses_clickhouse:
+            return
+        from clickhouse_driver import Client
 
-            from eventpipe.config import StoreURL
+        from clickhouse.store import connection_args
+        from eventpipe.config import StoreURL
 
-            u = StoreURL.parse(self.clickhouse)
-            cluster = self.env.get("EVENTPIPE_CLICKHOUSE_CLUSTER")
-            on_cluster = f" ON CLUSTER {cluster}" if cluster else ""
-            Client(host=u.host, port=u.port, user=u.user, password=u.password).execute(
-                f"DROP DATABASE IF EXISTS `{self.database}`{on_cluster}"
-            )
+        cluster = self.env.get("EVENTPIPE_CLICKHOUSE_CLUSTER")
+        on_cluster = f" ON CLUSTER {cluster}" if cluster else ""
+        client = Client(**connection_args(StoreURL.parse(self.clickhouse)))
+        try:
+            client.execute(f"DROP DATABASE IF EXISTS `{self.database}`{on_cluster}")
+        finally:
+            client.disconnect()
 
     async def _delete_topics(self) -> None:
         admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)

@@ -38,7 +38,6 @@ def cluster_nodes() -> tuple[Client, Client]:
 def cluster_stack(kafka: str, cluster_nodes: tuple[Client, Client], tmp_path: Path) -> Iterator[Stack]:
     s = Stack(
         tmp_path,
-        store="server",
         clickhouse_url=f"clickhouse://default@{NODE1[0]}:{NODE1[1]}",
         extra_env={"EVENTPIPE_CLICKHOUSE_CLUSTER": CLUSTER},
     )

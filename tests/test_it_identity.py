@@ -24,8 +24,8 @@ PARTITIONS = 4
 
 
 @pytest.fixture(scope="module")
-def two_workers(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    s = Stack(Path(tmp_path_factory.mktemp("identity")), store="chdb", processors=2)
+def two_workers(kafka: str, clickhouse_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    s = Stack(Path(tmp_path_factory.mktemp("identity")), processors=2)
     try:
         yield s.start()
     finally:

@@ -13,8 +13,8 @@ from tests.stack import KAFKA, Stack, poll
 EVENTS = 6_000
 
 
-def test_two_gateways_two_workers_exact_counts(kafka: str, tmp_path: Path) -> None:
-    stack = Stack(tmp_path, store="chdb", processors=2).start()
+def test_two_gateways_two_workers_exact_counts(kafka: str, clickhouse_server: str, tmp_path: Path) -> None:
+    stack = Stack(tmp_path, processors=2).start()
     try:
         second = stack.add_gateway()
         api_key = stack.create_team("scale-out")

@@ -24,11 +24,9 @@ from posthog import Posthog
 from tests.stack import Stack, poll
 
 
-@pytest.fixture(scope="module", params=["server", "chdb"])
-def sdk_stack(request: pytest.FixtureRequest, kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    if request.param == "server":
-        request.getfixturevalue("clickhouse_server")
-    s = Stack(Path(tmp_path_factory.mktemp("sdks")), store=str(request.param))
+@pytest.fixture(scope="module")
+def sdk_stack(kafka: str, clickhouse_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    s = Stack(Path(tmp_path_factory.mktemp("sdks")))
     try:
         yield s.start()
     finally:

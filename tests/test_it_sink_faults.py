@@ -38,8 +38,8 @@ def count(stack: Stack, expr: str = "count()", final: bool = False) -> int:
 
 
 @pytest.mark.timeout(900)
-def test_sink_killed_three_times_loses_and_doubles_nothing(kafka: str, store_kind: str, tmp_path: Path) -> None:
-    stack = Stack(tmp_path, store=store_kind).start()
+def test_sink_killed_three_times_loses_and_doubles_nothing(kafka: str, clickhouse_server: str, tmp_path: Path) -> None:
+    stack = Stack(tmp_path).start()
     try:
         api_key = stack.create_team("faults")
         post_events(stack, api_key, N, "kill")
@@ -47,14 +47,10 @@ def test_sink_killed_three_times_loses_and_doubles_nothing(kafka: str, store_kin
             poll(lambda f=fraction: count(stack) >= N * f, timeout=300, interval=0.5, what=f"{fraction:.0%} inserted")
             stack.kill("sink")
             stack.spawn("sink")
-        poll(lambda: count(stack, "uniqExact(uuid)") == N, timeout=300, interval=1, what="every event inserted")
-        if store_kind == "chdb":
-            # Modern ClickHouse: re-sent batches carry the same insert_deduplication_token -> stored once.
-            assert count(stack) == N
-        else:
-            # 18.16 has no insert_deduplication_token: a re-sent batch may be stored twice until
-            # ReplacingMergeTree merges it; FINAL gives the exact answer.
-            assert count(stack, final=True) == N
+        # Plain count(), no FINAL, no uniqExact: a batch re-sent after a kill is cut at the same offsets
+        # and carries the same insert_deduplication_token, so ClickHouse stores it once.
+        poll(lambda: count(stack) >= N, timeout=300, interval=1, what="every event inserted")
+        assert count(stack) == N
     finally:
         stack.close()
 
@@ -72,7 +68,7 @@ def _peak_rss_kib(pid: int) -> int:
 
 @pytest.mark.timeout(900)
 def test_clickhouse_down_for_a_minute(kafka: str, clickhouse_server: str, tmp_path: Path) -> None:
-    stack = Stack(tmp_path, store="server").start()
+    stack = Stack(tmp_path).start()
     try:
         api_key = stack.create_team("outage")
         post_events(stack, api_key, 2_000, "before")
@@ -98,8 +94,10 @@ def test_clickhouse_down_for_a_minute(kafka: str, clickhouse_server: str, tmp_pa
 
 
 @pytest.mark.parametrize("runs", [2])
-def test_migrations_twice_leave_schema_unchanged(kafka: str, store_kind: str, tmp_path: Path, runs: int) -> None:
-    stack = Stack(tmp_path, store=store_kind)
+def test_migrations_twice_leave_schema_unchanged(
+    kafka: str, clickhouse_server: str, tmp_path: Path, runs: int
+) -> None:
+    stack = Stack(tmp_path)
     try:
         schemas = []
         for _ in range(runs):

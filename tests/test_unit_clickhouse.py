@@ -7,7 +7,6 @@ import re
 import pytest
 
 from clickhouse import batch as batch_mod
-from clickhouse.admin import is_read_only
 from clickhouse.batch import PartitionBuffer, dedup_token
 from clickhouse.dialect import MODERN, Dialect, parse_version
 from clickhouse.schema import MIGRATIONS, TABLE_COLUMNS, migrations_table_ddl, pending
@@ -290,73 +289,3 @@ def test_migrations_table_and_pending() -> None:
     assert pending({1}) == [m for m in MIGRATIONS if m.number != 1]
     assert pending({m.number for m in MIGRATIONS}) == []
     assert pending({99}) == list(MIGRATIONS)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# admin.is_read_only
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "sql",
-    [
-        "SELECT 1",
-        "select count() from events",
-        "  \n\tSELECT 1",
-        "SELECT 1;",
-        "SELECT 1 ;  ",
-        "SELECT 1;;",
-        "(SELECT 1)",
-        "( ( SELECT 1 ) )",
-        "WITH x AS (SELECT 1) SELECT * FROM x",
-        "SHOW TABLES",
-        "show create table events",
-        "DESCRIBE TABLE events",
-        "DESC events",
-        "EXISTS TABLE events",
-        "EXPLAIN SELECT 1",
-        "SELECT {team:Int64} AS t",
-    ],
-)
-def test_read_only_statements(sql: str) -> None:
-    assert is_read_only(sql)
-
-
-@pytest.mark.parametrize(
-    "sql",
-    [
-        "",
-        "   ",
-        "INSERT INTO events VALUES (1)",
-        "DROP TABLE events",
-        "ALTER TABLE events DELETE WHERE 1",
-        "TRUNCATE TABLE events",
-        "CREATE TABLE x (a Int8) ENGINE = Memory",
-        "OPTIMIZE TABLE events FINAL",
-        "SYSTEM STOP MERGES",
-        "KILL QUERY WHERE 1",
-        "SET readonly = 0",
-        "RENAME TABLE events TO e2",
-        "SELECT 1; DROP TABLE events",
-        "SELECT 1;DROP TABLE events;",
-        "SHOW TABLES; INSERT INTO events SELECT * FROM events",
-        "SELECTX 1",
-        "SELECT_1",
-        "-- comment\nDROP TABLE events",
-        "/* SELECT */ DROP TABLE events",
-        "SELECT 'a;b'",  # conservative: any inner ';' is refused
-    ],
-)
-def test_not_read_only_statements(sql: str) -> None:
-    assert not is_read_only(sql)
-
-
-@pytest.mark.parametrize(
-    "sql",
-    [
-        "SELECT * FROM events INTO OUTFILE '/tmp/dump.csv' FORMAT CSV",
-        "select 1 into outfile '/tmp/x' TRUNCATE",
-    ],
-)
-def test_into_outfile_is_not_read_only(sql: str) -> None:
-    assert not is_read_only(sql)

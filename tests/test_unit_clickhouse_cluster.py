@@ -8,8 +8,6 @@ import pytest
 
 from clickhouse.dialect import Dialect
 from clickhouse.schema import MIGRATIONS, TABLE_COLUMNS, migrations_table_ddl
-from clickhouse.store import open_store
-from eventpipe.config import StoreURL
 
 OLD = Dialect((18, 16), cluster="eventpipe", database="db1")
 NEW = Dialect((26, 9), cluster="eventpipe", database="db1")
@@ -83,8 +81,3 @@ def test_insert_settings_and_single_node_unchanged() -> None:
     assert single.create_database() == "CREATE DATABASE IF NOT EXISTS `default`"
     text = "\n".join(rendered(single))
     assert "ON CLUSTER" not in text and "Replicated" not in text and "Distributed" not in text
-
-
-def test_cluster_mode_needs_a_server() -> None:
-    with pytest.raises(ValueError, match="EVENTPIPE_CLICKHOUSE_CLUSTER"):
-        open_store(StoreURL.parse("chdb:///tmp/eventpipe-never-created"), "eventpipe")

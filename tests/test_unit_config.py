@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -29,7 +30,8 @@ from eventpipe.config import Settings, StoreURL, load
         ),
         ("clickhouse://u:@h/d", StoreURL("clickhouse", host="h", user="u", database="d")),
         ("clickhouse://[::1]:9000/db", StoreURL("clickhouse", host="::1", database="db")),
-        ("clickhouses://h:9440/db", StoreURL("clickhouse", host="h", port=9440, database="db")),
+        ("clickhouses://h:9440/db", StoreURL("clickhouse", host="h", port=9440, database="db", secure=True)),
+        ("clickhouses://h/db", StoreURL("clickhouse", host="h", port=9440, database="db", secure=True)),
         ("tcp://h/db", StoreURL("clickhouse", host="h", database="db")),
         ("clickhouse://HOST.Example/db", StoreURL("clickhouse", host="host.example", database="db")),
         ("CLICKHOUSE://h/db", StoreURL("clickhouse", host="h", database="db")),  # schemes are case-insensitive
@@ -39,38 +41,11 @@ def test_parse_clickhouse_urls(url: str, expected: StoreURL) -> None:
     assert StoreURL.parse(url) == expected
 
 
-def test_parse_chdb_absolute(tmp_path: Path) -> None:
-    parsed = StoreURL.parse(f"chdb://{tmp_path}/store")
-    assert parsed == StoreURL("chdb", path=(tmp_path / "store").resolve(), database="default")
-    assert parsed.path is not None and parsed.path.is_absolute()
-
-
-def test_parse_chdb_triple_slash() -> None:
-    parsed = StoreURL.parse("chdb:///var/lib/eventpipe")
-    assert parsed.kind == "chdb"
-    assert parsed.path == Path("/var/lib/eventpipe").resolve()
-
-
-def test_parse_chdb_relative(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    assert StoreURL.parse("chdb://./data").path == (tmp_path / "data").resolve()
-
-
-def test_parse_chdb_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HOME", str(tmp_path))
-    assert StoreURL.parse("chdb://~/ep").path == (tmp_path / "ep").resolve()
-
-
-def test_parse_chdb_percent_encoded(tmp_path: Path) -> None:
-    assert StoreURL.parse(f"chdb://{tmp_path}/with%20space").path == (tmp_path / "with space").resolve()
-
-
 @pytest.mark.parametrize(
     "url",
     [
         "",
-        "chdb://",
-        "chdb:",
+        "chdb:///var/lib/eventpipe",  # the embedded store is gone: one store path, the native protocol
         "http://host:8123/db",
         "https://host/db",
         "mysql://u:p@h/db",
@@ -86,11 +61,13 @@ def test_parse_bad_urls_raise_value_error(url: str) -> None:
         StoreURL.parse(url)
 
 
-def test_redacted_never_shows_the_password(tmp_path: Path) -> None:
+def test_redacted_never_shows_the_password() -> None:
     url = StoreURL.parse("clickhouse://admin:s3cret@h:9000/db")
-    assert "s3cret" not in url.redacted()
+    assert "s3cret" not in url.redacted() and "s3cret" not in repr(url)
     assert url.redacted() == "clickhouse://admin@h:9000/db"
-    assert StoreURL.parse(f"chdb://{tmp_path}").redacted() == f"chdb://{tmp_path.resolve()}"
+    with pytest.raises(ValueError) as err:
+        StoreURL.parse("mysql://admin:s3cret@h/db")
+    assert "s3cret" not in str(err.value) and "***" in str(err.value)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -116,7 +93,7 @@ def test_load_defaults(clean_env: pytest.MonkeyPatch) -> None:
     assert_fields(
         settings,
         kafka_bootstrap="127.0.0.1:19092",
-        clickhouse_url=f"chdb://{home / 'chdb'}",
+        clickhouse_url="",
         host="127.0.0.1",
         port=8000,
         home=home,
@@ -130,7 +107,7 @@ def test_load_defaults(clean_env: pytest.MonkeyPatch) -> None:
         sink_batch_rows=10_000,
         sink_batch_seconds=1.0,
     )
-    assert settings.store == StoreURL("chdb", path=(home / "chdb").resolve())
+    assert settings.local_dir == home
 
 
 def test_load_reads_every_variable(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -173,12 +150,44 @@ def test_load_reads_every_variable(clean_env: pytest.MonkeyPatch, tmp_path: Path
     assert settings.store == StoreURL("clickhouse", host="ch", user="u", password="p", database="ep")
 
 
-def test_home_drives_the_default_store(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    clean_env.setenv("EVENTPIPE_HOME", str(tmp_path / "state"))
+def local_server_json(directory: Path, writer: str = "w" * 43, reader: str = "r" * 43) -> None:
+    from clickhouse.local_server import READER, WRITER
+
+    (directory / "clickhouse").mkdir(parents=True)
+    doc = {"host": "127.0.0.1", "tcp_port": 19000, "http_port": 18123, "database": "eventpipe",
+           "users": {WRITER: writer, READER: reader}}  # fmt: skip
+    (directory / "clickhouse" / "server.json").write_text(json.dumps(doc))
+
+
+def test_without_a_url_the_local_server_is_the_store(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    clean_env.setenv("EVENTPIPE_LOCAL_DIR", str(tmp_path))
+    local_server_json(tmp_path)
     settings = load()
-    assert settings.home == (tmp_path / "state").resolve()
-    assert settings.clickhouse_url == f"chdb://{(tmp_path / 'state').resolve() / 'chdb'}"
-    assert settings.store.path == (tmp_path / "state" / "chdb").resolve()
+    assert settings.store == StoreURL(port=19000, user="eventpipe", password="w" * 43, database="eventpipe")
+    assert settings.read_store == StoreURL(port=19000, user="eventpipe_reader", password="r" * 43, database="eventpipe")
+    assert settings.http_url == "http://127.0.0.1:18123"
+
+
+def test_without_a_url_or_a_local_server_the_error_says_what_to_do(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    clean_env.setenv("EVENTPIPE_LOCAL_DIR", str(tmp_path))
+    with pytest.raises(config.NoStore, match=r"EVENTPIPE_CLICKHOUSE_URL.*deploy/local/clickhouse\.sh"):
+        _ = load().store
+
+
+def test_a_url_wins_over_the_local_server(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    clean_env.setenv("EVENTPIPE_LOCAL_DIR", str(tmp_path))
+    local_server_json(tmp_path)
+    clean_env.setenv("EVENTPIPE_CLICKHOUSE_URL", "clickhouse://u:p@ch:9000/ep")
+    settings = load()
+    assert settings.store == settings.read_store == StoreURL(host="ch", user="u", password="p", database="ep")
+    assert settings.http_url == ""  # unknown for a remote server unless configured
+    clean_env.setenv("EVENTPIPE_CLICKHOUSE_READ_URL", "clickhouse://ro:x@ch:9000/ep")
+    clean_env.setenv("EVENTPIPE_CLICKHOUSE_HTTP_URL", "https://ch:8443")
+    settings = load()
+    assert settings.read_store == StoreURL(host="ch", user="ro", password="x", database="ep")
+    assert settings.http_url == "https://ch:8443"
 
 
 def test_home_expands_user(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -200,11 +209,6 @@ def test_bad_floats_raise(clean_env: pytest.MonkeyPatch, name: str) -> None:
     clean_env.setenv(f"EVENTPIPE_{name}", "soon")
     with pytest.raises(ValueError):
         load()
-
-
-def test_settings_store_without_url_uses_home(tmp_path: Path) -> None:
-    settings = Settings(clickhouse_url="", home=tmp_path)
-    assert settings.store == StoreURL("chdb", path=(tmp_path / "chdb").resolve())
 
 
 def test_default_home_of_a_source_checkout() -> None:

@@ -1,65 +1,40 @@
 #!/usr/bin/env bash
-# A ClickHouse server (Debian's clickhouse-server package) with the project's own config, ports and
-# data directory under .local/clickhouse; the system service and /etc are left alone.
+# The local ClickHouse 26 server: clickhouse-local from PyPI's chdb-core with its native and HTTP
+# listeners on (clickhouse/local_server.py), data under .local/clickhouse, loopback only.
 #   clickhouse.sh start|stop|status
 source "$(dirname "$0")/lib.sh"
 
 DIR="$LOCAL/clickhouse"
 TCP_PORT="${EVENTPIPE_LOCAL_CLICKHOUSE_PORT:-19000}"
 HTTP_PORT="${EVENTPIPE_LOCAL_CLICKHOUSE_HTTP_PORT:-18123}"
-PIDFILE="$DIR/clickhouse.pid"
-LOGFILE="$DIR/logs/server.log"
-
-install() {
-  command -v clickhouse-server >/dev/null && return 0
-  [ "$(id -u)" = 0 ] || die "clickhouse-server is missing; install it with: sudo apt-get install clickhouse-server"
-  log "installing Debian's clickhouse-server package"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >/dev/null || true
-  apt-get install -y -qq clickhouse-server >/dev/null || die "apt-get install clickhouse-server failed"
-}
-
-configure() {
-  mkdir -p "$DIR/data" "$DIR/tmp" "$DIR/logs" "$DIR/user_files" "$DIR/format_schemas"
-  cat > "$DIR/config.xml" <<XML
-<?xml version="1.0"?>
-<yandex>
-  <logger><level>information</level><log>$LOGFILE</log><errorlog>$DIR/logs/error.log</errorlog><size>100M</size><count>2</count></logger>
-  <listen_host>127.0.0.1</listen_host>
-  <tcp_port>$TCP_PORT</tcp_port>
-  <http_port>$HTTP_PORT</http_port>
-  <path>$DIR/data/</path>
-  <tmp_path>$DIR/tmp/</tmp_path>
-  <user_files_path>$DIR/user_files/</user_files_path>
-  <format_schema_path>$DIR/format_schemas/</format_schema_path>
-  <users_config>$DIR/users.xml</users_config>
-  <default_profile>default</default_profile>
-  <default_database>default</default_database>
-  <mark_cache_size>268435456</mark_cache_size>
-  <max_concurrent_queries>100</max_concurrent_queries>
-</yandex>
-XML
-  write_users_xml "$DIR/users.xml" 4000000000
-}
+PY="${EVENTPIPE_PYTHON:-$ROOT/.venv/bin/python}"
+PIDFILE="$DIR/server.pid"
+LOGFILE="$DIR/server.log"
 
 ready() { port_open 127.0.0.1 "$TCP_PORT" && port_open 127.0.0.1 "$HTTP_PORT"; }
 
 ready_or_dead() {
-  pid_alive "$PIDFILE" || { tail -n 30 "$DIR/logs/error.log" "$DIR/logs/stdout.log" >&2 2>/dev/null || true;
-    die "ClickHouse exited during start; see $DIR/logs/error.log"; }
+  pid_alive "$PIDFILE" || { tail -n 30 "$LOGFILE" >&2 2>/dev/null || true;
+    die "ClickHouse exited during start; see $LOGFILE"; }
   ready
 }
 
 start() {
   if pid_alive "$PIDFILE"; then log "already running (pid $(cat "$PIDFILE")) on 127.0.0.1:$TCP_PORT"; return 0; fi
-  if port_open 127.0.0.1 "$TCP_PORT"; then die "port $TCP_PORT is taken; set EVENTPIPE_LOCAL_CLICKHOUSE_PORT"; fi
-  install
-  configure
-  log "starting ClickHouse server on 127.0.0.1:$TCP_PORT (native) / $HTTP_PORT (http) (log: $LOGFILE)"
-  nohup clickhouse-server --config-file="$DIR/config.xml" >"$DIR/logs/stdout.log" 2>&1 < /dev/null &
+  for port in "$TCP_PORT" "$HTTP_PORT"; do
+    if port_open 127.0.0.1 "$port"; then
+      die "port $port is taken; set EVENTPIPE_LOCAL_CLICKHOUSE_PORT / EVENTPIPE_LOCAL_CLICKHOUSE_HTTP_PORT"
+    fi
+  done
+  [ -x "$PY" ] || die "no Python at $PY (run make install, or set EVENTPIPE_PYTHON)"
+  "$PY" -c 'import chdb' 2>/dev/null || die "chdb-core is missing: $PY -m pip install -e '$ROOT[local]'"
+  mkdir -p "$DIR" && chmod 700 "$DIR"
+  log "starting ClickHouse 26 on 127.0.0.1:$TCP_PORT (native) / $HTTP_PORT (http) (log: $LOGFILE)"
+  (cd "$ROOT" && exec nohup "$PY" -m clickhouse.local_server --dir "$DIR" \
+    --tcp-port "$TCP_PORT" --http-port "$HTTP_PORT" >"$LOGFILE" 2>&1 < /dev/null) &
   echo $! > "$PIDFILE"
   wait_until "${EVENTPIPE_LOCAL_START_TIMEOUT:-60}" "$LOGFILE" "ClickHouse" ready_or_dead
-  log "ClickHouse ready on 127.0.0.1:$TCP_PORT"
+  log "ClickHouse ready on 127.0.0.1:$TCP_PORT (credentials: $DIR/server.json)"
 }
 
 case "${1:-}" in
