@@ -35,7 +35,8 @@ class QueryRefused(Exception):
 def _server_error(exc: Any) -> QueryRefused:
     """ClickHouse's own message (its first line, without the stack trace), and a hint where it helps."""
     lines = [line.strip() for line in str(getattr(exc, "message", "") or exc).splitlines() if line.strip()]
-    text = f"ClickHouse error {exc.code}: {lines[0] if lines else repr(exc)}"
+    message = (lines[0] if lines else repr(exc)).removeprefix("DB::Exception: ").split(" Stack trace:")[0]
+    text = f"ClickHouse error {exc.code}: {message}"
     if exc.code in (164, 497):  # READONLY, ACCESS_DENIED
         text += " (eventpipe sql runs read-only)"
     return QueryRefused(text)
