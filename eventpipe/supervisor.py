@@ -1,7 +1,10 @@
-"""``eventpipe run``: gateway, processors and sink as child processes, stopped in order.
+"""``eventpipe run``: gateway, processors and sink as child processes, restarted when they die, stopped
+in order.
 
 Children run in their own sessions so a terminal Ctrl-C reaches only the supervisor, which then stops
 the gateway first (no new events), then the processors, then the sink (which flushes its last batch).
+A stage that exits on its own is restarted with backoff; the supervisor gives up (and stops the rest)
+only when one fails again and again within a minute, and then prints that stage's last output.
 """
 
 from __future__ import annotations
@@ -12,15 +15,19 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from collections import deque
 from pathlib import Path
 
-from eventpipe.config import Settings
+from eventpipe.config import PACKAGE_ROOT, Settings
 from eventpipe.kafka import ensure_topics
+from eventpipe.restart import RestartPolicy
 
 STAGES = ("gateway", "processor", "sink")
 CONSUMERS = ("processor", "sink")
+TAIL_LINES = 20
 
 
 def run_dir(settings: Settings) -> Path:
@@ -61,26 +68,66 @@ def curl_example(settings: Settings) -> str:
     )
 
 
+class Child:
+    """One running stage: its process and the last lines it printed (echoed to our stdout as they come),
+    so that when it keeps failing the supervisor can say why."""
+
+    def __init__(self, stage: str, proc: subprocess.Popen[bytes]) -> None:
+        self.stage, self.proc = stage, proc
+        self.tail: deque[str] = deque(maxlen=TAIL_LINES)
+        self.pump = threading.Thread(target=self._pump, name=f"{stage}-output", daemon=True)
+        self.pump.start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            self.tail.append(line)
+            print(line, flush=True)
+
+
+def _exit_reason(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
 class Supervisor:
+    """Runs the stages, restarts one that dies (backoff, see :class:`RestartPolicy`), gives up only on a
+    stage that keeps failing, and restarts the local ClickHouse server if it was running and stops."""
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.children: dict[str, subprocess.Popen[bytes]] = {}
+        self.children: dict[str, Child] = {}
+        self.policies = {stage: RestartPolicy() for stage in (*STAGES, "clickhouse")}
+        self.restart_at: dict[str, float] = {}
         self.stopping = False
+        self.clickhouse = LocalClickHouse.watch(settings)
 
-    def start_children(self) -> None:
-        for stage in CONSUMERS:
-            clear_ready(self.settings, stage)
-        for stage in STAGES:
-            self.children[stage] = subprocess.Popen(
-                [sys.executable, "-m", "eventpipe.cli", stage],
-                start_new_session=True,
-                env=os.environ.copy(),
-                preexec_fn=_die_with_parent,
-            )
+    def spawn(self, stage: str) -> None:
+        if stage in CONSUMERS:
+            clear_ready(self.settings, stage)  # a killed stage leaves its marker behind
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "eventpipe.cli", stage],
+            start_new_session=True,
+            env=os.environ.copy(),
+            preexec_fn=_die_with_parent,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        self.children[stage] = Child(stage, proc)
         # Recorded for `eventpipe status`, and so `eventpipe down` can clean up even if this supervisor
         # is killed outright.
-        pids = {stage: proc.pid for stage, proc in self.children.items()}
+        pids = {name: child.proc.pid for name, child in self.children.items()}
         (run_dir(self.settings) / "stages.json").write_text(json.dumps(pids))
+
+    def start_children(self) -> None:
+        for stage in STAGES:
+            self.spawn(stage)
 
     def wait_ready(self, timeout_s: float = 120) -> None:
         deadline = time.monotonic() + timeout_s
@@ -99,25 +146,92 @@ class Supervisor:
         raise TimeoutError(f"stack not ready in {timeout_s:.0f}s; see the stage logs above")
 
     def check_children(self) -> None:
-        for stage, proc in self.children.items():
-            code = proc.poll()
-            if code is not None and not self.stopping:
-                raise RuntimeError(f"{stage} exited with code {code}")
+        """Notice stages that exited, restart those whose backoff is over; RuntimeError to give up."""
+        if self.stopping:
+            return
+        now = time.monotonic()
+        for stage, child in self.children.items():
+            code = child.proc.poll()
+            if code is None or stage in self.restart_at:
+                continue
+            child.pump.join(timeout=2)  # its last words
+            self._schedule(stage, _exit_reason(code), now, list(child.tail))
+        if self.clickhouse is not None and "clickhouse" not in self.restart_at and not self.clickhouse.alive():
+            self._schedule("clickhouse", "the local ClickHouse server stopped", now, self.clickhouse.log_tail())
+        for stage, at in list(self.restart_at.items()):
+            if now < at:
+                continue
+            del self.restart_at[stage]
+            if stage == "clickhouse":
+                assert self.clickhouse is not None
+                _say("starting the local ClickHouse server again")
+                self.clickhouse.start()
+            else:
+                self.spawn(stage)
+                _say(f"{stage} restarted (pid {self.children[stage].proc.pid})")
+
+    def _schedule(self, stage: str, reason: str, now: float, tail: list[str]) -> None:
+        policy = self.policies[stage]
+        delay = policy.on_exit(now)
+        if delay is None:
+            last = "\n".join(f"    {line}" for line in tail[-TAIL_LINES:]) or "    (no output)"
+            raise RuntimeError(
+                f"{stage} failed {policy.recent} times within {policy.window_s:.0f}s ({reason}); giving up. "
+                f"Its last output:\n{last}"
+            )
+        _say(f"{stage} {reason}; restarting in {delay:.1f}s ({policy.recent} failure(s) in {policy.window_s:.0f}s)")
+        self.restart_at[stage] = now + delay
 
     def stop(self) -> None:
         self.stopping = True
         for stage in STAGES:  # in pipeline order: the sink flushes last
-            proc = self.children.get(stage)
-            if proc is None or proc.poll() is not None:
+            child = self.children.get(stage)
+            if child is None or child.proc.poll() is not None:
                 continue
             _say(f"stopping {stage}")
-            proc.send_signal(signal.SIGTERM)
+            child.proc.send_signal(signal.SIGTERM)
             try:
-                proc.wait(timeout=30)
+                child.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 _say(f"{stage} did not stop in 30 s; killing it")
-                proc.kill()
-                proc.wait()
+                child.proc.kill()
+                child.proc.wait()
+            child.pump.join(timeout=2)
+
+
+class LocalClickHouse:
+    """The local ClickHouse server of deploy/local/clickhouse.sh, when it is the store: watched, and
+    started again by the same script if it stops (not stopped by us: `make down` does that)."""
+
+    def __init__(self, script: Path, pidfile: Path, log: Path) -> None:
+        self.script, self.pidfile, self.log = script, pidfile, log
+
+    @classmethod
+    def watch(cls, settings: Settings) -> LocalClickHouse | None:
+        script = PACKAGE_ROOT / "deploy" / "local" / "clickhouse.sh"
+        directory = settings.local_dir / "clickhouse"
+        if settings.clickhouse_url or not script.exists():
+            return None
+        server = cls(script, directory / "server.pid", directory / "server.log")
+        return server if server.alive() else None  # not started by the scripts: not ours to watch
+
+    def alive(self) -> bool:
+        try:
+            os.kill(int(self.pidfile.read_text().strip()), 0)
+            return True
+        except (OSError, ValueError):
+            return False
+
+    def log_tail(self) -> list[str]:
+        try:
+            return self.log.read_text(errors="replace").splitlines()[-TAIL_LINES:]
+        except OSError:
+            return []
+
+    def start(self) -> None:
+        # The script waits for readiness (bounded); the stages retry ClickHouse meanwhile.
+        env = {**os.environ, "EVENTPIPE_LOCAL_DIR": str(self.pidfile.parent.parent), "EVENTPIPE_PYTHON": sys.executable}
+        subprocess.run(["bash", str(self.script), "start"], env=env, check=False, timeout=120)
 
 
 def _die_with_parent() -> None:
@@ -128,7 +242,7 @@ def _die_with_parent() -> None:
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
     except OSError:
-        pass  # not Linux: `eventpipe down` still cleans up from children.pids
+        pass  # not Linux: `eventpipe down` still cleans up from stages.json
 
 
 def run(settings: Settings) -> int:
