@@ -26,8 +26,13 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.protocol.admin import DeleteGroupsRequest
 
 from bench.gateway import ROOT, CpuMeter, CpuSample, _broker_pid, _delete_topics, _proc_cpu_s
+from clickhouse.local_server import WRITER, LocalServer
+
+# The state of deploy/local/*.sh (the local Kafka and ClickHouse), as tests/stack.py finds it.
+LOCAL_DIR = Path(os.environ.get("EVENTPIPE_LOCAL_DIR") or ROOT / ".local")
 
 __all__ = [
+    "LOCAL_DIR",
     "ROOT",
     "CpuMeter",
     "Progress",
@@ -36,6 +41,7 @@ __all__ = [
     "clickhouse_server_pid",
     "cpu_line",
     "delete_kafka_state",
+    "local_clickhouse",
     "preload",
     "print_profile",
     "print_table",
@@ -48,11 +54,22 @@ __all__ = [
 ]
 
 
+def local_clickhouse() -> str:
+    """The ClickHouse server to benchmark against, without a database: EVENTPIPE_TEST_CLICKHOUSE, else
+    the local server's writer URL (deploy/local/clickhouse.sh writes its password to server.json; its
+    passwordless ``default`` user may read nothing); "" when neither exists."""
+    if os.environ.get("EVENTPIPE_TEST_CLICKHOUSE"):
+        return os.environ["EVENTPIPE_TEST_CLICKHOUSE"]
+    server = LocalServer.read(LOCAL_DIR / "clickhouse")
+    if server is None:
+        return ""
+    return f"clickhouse://{WRITER}:{server.writer_password}@{server.native}"
+
+
 def clickhouse_server_pid() -> int | None:
     """The local ClickHouse server started by deploy/local/clickhouse.sh, if that is what is running."""
-    local = Path(os.environ.get("EVENTPIPE_LOCAL_DIR", ROOT / ".local"))
     try:
-        pid = int((local / "clickhouse" / "clickhouse.pid").read_text().strip())
+        pid = int((LOCAL_DIR / "clickhouse" / "server.pid").read_text().strip())
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, ValueError):
         return None

@@ -1,8 +1,9 @@
 """Sink throughput: a bare ClickHouse insert of the rows (the ceiling) against the real sink subprocess.
 
 Every phase writes the same ``--sink-rows`` event rows (:func:`eventpipe.contract.event_row` of
-posthog-js-like events, ``ujson`` as the processors write them) into its own fresh database (or chDB
-directory), with the project's own DDL (:func:`clickhouse.store.migrate`):
+posthog-js-like events, ``ujson`` as the processors write them) into its own fresh database on
+the ClickHouse server (by default the local one of ``deploy/local/clickhouse.sh``, as its writer user),
+with the project's own DDL (:func:`clickhouse.store.migrate`):
 
 1. ``raw columnar insert`` — the rows already converted to Python column values, inserted with a bare
    clickhouse-driver ``Client`` (``columnar=True``, the store's client settings) in batches of the sink's
@@ -11,11 +12,7 @@ directory), with the project's own DDL (:func:`clickhouse.store.migrate`):
    message values (JSON decode + per-column conversion + the same insert), no Kafka, no event loop.
 3. ``sink`` — ``python -m eventpipe.cli sink`` as a subprocess, consuming ``<prefix>clickhouse_events``
    (preloaded), timed from the first rows counted in ClickHouse to ``count() = N``. Its batch sizes come
-   from its ``/metrics`` and from the level-0 (never merged) parts the inserts created.
-
-With ``--sink-chdb`` (the default when chdb is installed) the same comparison runs against embedded
-chDB: a bare ``INSERT … FORMAT JSONEachRow`` of the exact text :class:`clickhouse.store.ChdbStore` builds,
-against the sink with ``chdb://<tmp>``.
+   from its ``/metrics`` and from the never-merged parts the inserts created.
 
 Figures are printed, never asserted.
 """
@@ -26,7 +23,6 @@ import argparse
 import asyncio
 import cProfile
 import dataclasses
-import importlib.util
 import os
 import secrets
 import statistics
@@ -41,11 +37,13 @@ import aiohttp
 import ujson
 
 from bench.common import (
+    LOCAL_DIR,
     CpuMeter,
     Progress,
     Stage,
     cpu_line,
     delete_kafka_state,
+    local_clickhouse,
     preload,
     print_profile,
     print_table,
@@ -57,7 +55,7 @@ from bench.common import (
 )
 from bench.gateway import _env_int, _event, _free_port, _ratio, _settings
 from clickhouse.schema import TABLE_COLUMNS
-from clickhouse.store import KafkaRow, ServerStore, migrate, open_store
+from clickhouse.store import KafkaRow, ServerStore, connection_args, migrate
 from eventpipe import config
 from eventpipe.config import StoreURL
 from eventpipe.contract import event_row, format_ts
@@ -81,16 +79,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--clickhouse",
-        default=os.environ.get("EVENTPIPE_TEST_CLICKHOUSE", "clickhouse://default@127.0.0.1:19000"),
-        help="ClickHouse server, without database: every phase creates and drops its own "
-        "(env EVENTPIPE_TEST_CLICKHOUSE, default clickhouse://default@127.0.0.1:19000)",
-    )
-    g.add_argument(
-        "--sink-chdb",
-        action=argparse.BooleanOptionalAction,
-        default=os.environ.get("BENCH_SINK_CHDB", "1" if importlib.util.find_spec("chdb") else "0") != "0",
-        help="also compare the sink on embedded chDB (the default store) with a bare chDB insert "
-        "(env BENCH_SINK_CHDB=0/1; default: on when chdb is installed)",
+        metavar="URL",
+        default=local_clickhouse(),
+        help="ClickHouse server as clickhouse://user:password@host:port, without database: every phase "
+        "creates and drops its own (env EVENTPIPE_TEST_CLICKHOUSE; default: the local server's writer user, "
+        "from .local/clickhouse/server.json)",
     )
     g.add_argument(
         "--sink-profile",
@@ -106,17 +99,21 @@ class Options:
     distinct_ids: int
     kafka: str
     clickhouse: str
-    chdb: bool
     profile: Path | None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Options:
+        if not args.clickhouse:
+            raise SystemExit(
+                "sink benchmark: no ClickHouse server: the local one is not set up (no server.json under "
+                f"{LOCAL_DIR / 'clickhouse'}; start it with bash deploy/local/clickhouse.sh start), and neither "
+                "--clickhouse nor EVENTPIPE_TEST_CLICKHOUSE is given"
+            )
         return cls(
             rows=max(1, args.sink_rows),
             distinct_ids=max(1, args.distinct_ids),
             kafka=args.kafka,
             clickhouse=args.clickhouse.rstrip("/"),
-            chdb=args.sink_chdb,
             profile=Path(args.sink_profile).resolve() if args.sink_profile else None,
         )
 
@@ -163,15 +160,6 @@ def to_columns(store: ServerStore, rows: list[KafkaRow]) -> list[list[Any]]:
     return store.to_columns("events", rows)
 
 
-def chdb_body(rows: list[KafkaRow]) -> str:
-    """The JSONEachRow text ChdbStore.insert sends for these rows."""
-    return b"\n".join(
-        b'%s,"_timestamp":%d,"_offset":%d,"_partition":%d}'
-        % (r.value.rstrip()[:-1], r.timestamp_ms // 1000, r.offset, r.partition)
-        for r in rows
-    ).decode("utf-8", "replace")
-
-
 # ------------------------------------------------------------------------------------------ phases
 
 
@@ -204,8 +192,8 @@ def raw_columnar(url: StoreURL, columns: list[list[Any]], batch: int, meter: Cpu
 
     # The store's own client settings: native protocol, no compression, no numpy.
     client = Client(
-        host=url.host, port=url.port, user=url.user, password=url.password, database=url.database,
-        send_receive_timeout=60, compression=False, settings={"use_numpy": False},
+        **connection_args(url), database=url.database, send_receive_timeout=60, compression=False,
+        settings={"use_numpy": False},
     )
     sql = f"INSERT INTO events ({', '.join(f'`{c}`' for c in COLUMNS)}) VALUES"
     n = len(columns[0])
@@ -243,29 +231,9 @@ def store_insert(
     return Phase(name, len(rows), seconds, CpuMeter.usage(before, meter.sample()))
 
 
-def raw_chdb(path: Path, rows: list[KafkaRow], batch: int, meter: CpuMeter) -> Phase:
-    store = open_store(StoreURL.parse(f"chdb://{path}"))
-    try:
-        migrate(store)
-        sql = f"INSERT INTO events ({', '.join(f'`{c}`' for c in COLUMNS)}) FORMAT JSONEachRow\n"
-        bodies = [chdb_body(rows[s]) for s in _batches(len(rows), batch)]
-        session = store.session  # type: ignore[attr-defined]
-        before = meter.sample()
-        started = time.perf_counter()
-        for body in bodies:
-            session.query(sql + body, "TabSeparated")
-        seconds = time.perf_counter() - started
-        phase = Phase("raw chDB JSONEachRow insert", len(rows), seconds, CpuMeter.usage(before, meter.sample()))
-        count = int(store.query("SELECT count() FROM events").rows[0][0])
-        if count != len(rows):
-            phase.notes.append(f"count() = {count:,}, expected {len(rows):,}")
-        return phase
-    finally:
-        store.close()
-
-
 class SinkAdmin:
-    """The sink's loopback admin endpoint: /metrics and /sql behind the bearer secret we gave it."""
+    """The sink's loopback admin endpoint: /metrics behind the bearer secret we gave it
+    (EVENTPIPE_ADMIN_SECRET, so the sink writes no run/sink-admin.json)."""
 
     def __init__(self, port: int, secret: str) -> None:
         self.url = f"http://127.0.0.1:{port}"
@@ -294,17 +262,6 @@ class SinkAdmin:
                 name, _, value = line.rpartition(" ")
                 out[name] = float(value)
         return out
-
-    async def rows_written(self) -> int:
-        return int((await self.metrics()).get('eventpipe_sink_rows_total{table="events"}', 0))
-
-    async def sql(self, statement: str) -> list[list[Any]]:
-        assert self.session is not None
-        async with self.session.post(self.url + "/sql", json={"sql": statement}) as r:
-            body = await r.json()
-        if "error" in body:
-            raise RuntimeError(body["error"])
-        return body["rows"]
 
 
 def batch_notes(end: dict[str, float], start: dict[str, float], window_s: float) -> list[str]:
@@ -361,7 +318,7 @@ def server_count(url: StoreURL) -> Any:
     from clickhouse_driver import Client
     from clickhouse_driver.errors import ServerException
 
-    client = Client(host=url.host, port=url.port, user=url.user, password=url.password, connect_timeout=5)
+    client = Client(**connection_args(url), connect_timeout=5)
 
     def count() -> int:
         try:
@@ -376,11 +333,15 @@ def server_count(url: StoreURL) -> Any:
 
 
 def insert_blocks(client: Any, database: str) -> list[int]:
-    """Rows of every insert into ``database``.events, from its level-0 parts (merged-away parts stay
-    listed, inactive, for old_parts_lifetime): one block number per insert."""
+    """Rows of every insert into ``database``.events, from its never-merged parts: one block number per
+    insert, a part made by a merge spans several (merged-away parts stay listed, inactive, for
+    old_parts_lifetime). Not ``level = 0``: recent ClickHouse (the local 26.9) gives an inserted part
+    level 1 when the insert already ran the engine's merge on it (optimize_on_insert, on by default;
+    ReplacingMergeTree here)."""
     rows = client.execute(
-        "SELECT min_block_number, sum(rows) FROM system.parts WHERE database = %(db)s AND table = 'events' "
-        "AND level = 0 GROUP BY min_block_number ORDER BY min_block_number",
+        "SELECT min_block_number, argMin(rows, level) FROM system.parts WHERE database = %(db)s "
+        "AND table = 'events' AND min_block_number = max_block_number GROUP BY min_block_number "
+        "ORDER BY min_block_number",
         {"db": database},
     )
     return [int(r[1]) for r in rows]
@@ -388,7 +349,7 @@ def insert_blocks(client: Any, database: str) -> list[int]:
 
 def describe_blocks(blocks: list[int]) -> str:
     if not blocks:
-        return "no level-0 parts found"
+        return "no insert parts found"
     counts: dict[int, int] = {}
     for b in blocks:
         counts[b] = counts.get(b, 0) + 1
@@ -405,7 +366,7 @@ def describe_blocks(blocks: list[int]) -> str:
 def _drop_databases(url: StoreURL, names: list[str]) -> None:
     from clickhouse_driver import Client
 
-    client = Client(host=url.host, port=url.port, user=url.user, password=url.password, connect_timeout=5)
+    client = Client(**connection_args(url), connect_timeout=5)
     try:
         for name in names:
             client.execute(f"DROP DATABASE IF EXISTS `{name}`")
@@ -417,7 +378,7 @@ async def _main(opts: Options) -> None:
     cores = os.cpu_count() or 1
     run_id = uuid.uuid4().hex[:8]
     prefix = f"bench{run_id}_"
-    server = StoreURL.parse(opts.clickhouse + "/default")
+    server = StoreURL.parse(opts.clickhouse)
     databases = {k: f"bench{run_id}_{k}" for k in ("raw", "store", "sink")}
     print("== sink benchmark")
     print(
@@ -505,15 +466,12 @@ async def _main(opts: Options) -> None:
                 ch_pid = {"clickhouse": meter.pids.get("clickhouse")}
                 results["sink"] = await sink_phase("sink (server)", stage, settings, len(rows), count_rows, ch_pid)
                 blocks = await asyncio.to_thread(insert_blocks, counter, databases["sink"])
-                results["sink"].notes.append("ClickHouse level-0 parts: " + describe_blocks(blocks))
+                results["sink"].notes.append("ClickHouse parts: " + describe_blocks(blocks))
             finally:
                 counter.disconnect()
             results["sink"].print()
             stop_stage(stage)
             stage = None
-
-            if opts.chdb:
-                await chdb_phases(env, settings, messages, rows, batch, Path(tmp), results)
         finally:
             stop_stage(stage)
             await delete_kafka_state(opts.kafka, prefix)
@@ -530,46 +488,6 @@ async def _main(opts: Options) -> None:
         print_profile(opts.profile.with_name(opts.profile.name + ".store"), "store.insert (the store thread's work)")
 
 
-async def chdb_phases(
-    env: dict[str, str], settings: config.Settings, messages: list[tuple[bytes, bytes]], rows: list[KafkaRow],
-    batch: int, tmp: Path, results: dict[str, Phase],
-) -> None:
-    print("-- chDB (embedded ClickHouse): bare JSONEachRow insert in this process, then the sink on chdb://<tmp>")
-    meter = stage_meter("sink")
-    results["chdb raw"] = await asyncio.to_thread(raw_chdb, tmp / "chdb-raw", rows, batch, meter)
-    results["chdb raw"].print()
-    # Its own topics (under the run's prefix, so clean-up finds them) and consumer group, preloaded again.
-    chdb_env = {
-        **env,
-        "EVENTPIPE_CLICKHOUSE_URL": f"chdb://{tmp / 'chdb-sink'}",
-        "EVENTPIPE_TOPIC_PREFIX": f"{settings.topic_prefix}chdb_",
-        "EVENTPIPE_HOME": str(tmp / "home-chdb"),
-    }
-    chdb_settings = _settings(chdb_env)
-    await ensure_topics(chdb_settings)
-    prod = producer(chdb_settings)
-    await prod.start()
-    try:
-        await preload(prod, topics_for(chdb_settings).events, messages)
-    finally:
-        await prod.stop()
-    stage = None
-    try:
-
-        async def count_rows(admin: SinkAdmin) -> int:
-            return await admin.rows_written()
-
-        stage = Stage("sink", chdb_env, chdb_settings.home)
-        results["chdb sink"] = await sink_phase("sink (chDB)", stage, chdb_settings, len(rows), count_rows, {})
-        async with SinkAdmin(chdb_settings.admin_port, chdb_settings.admin_secret) as admin:
-            count = int((await admin.sql("SELECT count() FROM events"))[0][0])
-        if count != len(rows):
-            results["chdb sink"].notes.append(f"count() = {count:,}, expected {len(rows):,}")
-        results["chdb sink"].print()
-    finally:
-        stop_stage(stage)
-
-
 def _summary(results: dict[str, Phase], cores: int) -> None:
     if "raw" not in results or "sink" not in results:
         return
@@ -579,19 +497,16 @@ def _summary(results: dict[str, Phase], cores: int) -> None:
     def share(p: Phase, who: str) -> str:
         return f"{p.cpu[who] / p.seconds:.0%}" if who in p.cpu and p.seconds else "-"
 
-    for key, raw_key in (("raw", "raw"), ("store", "raw"), ("sink", "raw"), ("chdb raw", "chdb raw"),
-                         ("chdb sink", "chdb raw")):
+    for key in ("raw", "store", "sink"):
         p = results.get(key)
         if p is None:
             continue
-        table.append((p.name, f"{p.rate:,.0f}", _ratio(p.rate, results[raw_key].rate), share(p, "sink"),
+        table.append((p.name, f"{p.rate:,.0f}", _ratio(p.rate, results["raw"].rate), share(p, "sink"),
                       share(p, "bench"), share(p, "clickhouse")))
     print_table(table)
     ratio = results["sink"].rate / results["raw"].rate if results["raw"].rate else 0.0
     print(f"   sink ÷ raw = {ratio:.2f} ({'meets' if ratio >= TARGET else 'below'} the {TARGET} target; "
           f"figures vary ±15% run to run)")
-    if "chdb sink" in results and "chdb raw" in results:
-        print(f"   chDB: sink ÷ raw = {_ratio(results['chdb sink'].rate, results['chdb raw'].rate)}")
     print(f"   note: {cores} cores shared by the sink, the broker, the ClickHouse server and this process; CPU "
           f"columns are shares of one core during each phase.")
 
