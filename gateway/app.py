@@ -315,8 +315,7 @@ def serve(
     gc.set_threshold(50_000, 20, 20)
     limits = server.ServerLimits(max_connections=settings.max_connections, header_timeout_s=settings.header_timeout_s)
     log.info("capture gateway on http://%s:%d/capture/", settings.host, settings.port)
+    # shutdown_timeout: deploy/ sizes the pods' grace period from it (tests/test_unit_deploy.py reads it here).
     asyncio.run(
-        server.serve_forever(
-            app, settings.host, settings.port, limits, access_log=None, shutdown_timeout=15, handle_signals=False
-        )
+        server.serve_forever(app, settings.host, settings.port, limits, shutdown_timeout=15, **server.SERVER_KWARGS)
     )

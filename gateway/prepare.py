@@ -81,6 +81,10 @@ def _scrub(value: Any) -> Any:
 _FIELDS = tuple(f.name for f in fields(RawEvent))
 
 
+def _scrubbed(event: RawEvent) -> RawEvent:
+    return RawEvent(**{f: _scrub(getattr(event, f)) for f in _FIELDS})
+
+
 def encode_event(event: RawEvent, max_bytes: int = MAX_EVENT_BYTES) -> Message:
     """Kafka key and value of an event; 413 when the value would be larger than the broker takes.
 
@@ -89,15 +93,16 @@ def encode_event(event: RawEvent, max_bytes: int = MAX_EVENT_BYTES) -> Message:
     """
     try:
         key, value = event.key(), event.to_json()
-        suspicious = b"NaN" in value or b"Infinity" in value
     except (UnicodeEncodeError, OverflowError):
-        suspicious = True
-    if suspicious:
-        try:
-            ujson.dumps([getattr(event, f) for f in _FIELDS], ensure_ascii=False, allow_nan=False)
-        except (UnicodeEncodeError, OverflowError):
-            event = RawEvent(**{f: _scrub(getattr(event, f)) for f in _FIELDS})
+        event = _scrubbed(event)
         key, value = event.key(), event.to_json()
+    else:
+        if b"NaN" in value or b"Infinity" in value:  # a non-finite float, or merely text saying so
+            try:
+                ujson.dumps([getattr(event, f) for f in _FIELDS], ensure_ascii=False, allow_nan=False)
+            except (UnicodeEncodeError, OverflowError):
+                event = _scrubbed(event)
+                key, value = event.key(), event.to_json()
     if len(value) > max_bytes:
         raise CaptureError(
             413,

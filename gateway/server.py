@@ -216,6 +216,15 @@ class ConnectionGuard(asyncio.Protocol):
 
 CONNECTIONS = web.AppKey("connections", Connections)
 
+# aiohttp's server options: after an early answer (401 before the body, 408, 413) aiohttp reads and
+# drops the rest of the body so the client sees the answer rather than a reset; 2 s of that, not 10,
+# or refused slow clients would hold their connection slots.
+SERVER_KWARGS: dict[str, Any] = {
+    "access_log": None,
+    "handle_signals": False,
+    "lingering_time": 2.0,
+}
+
 
 @web.middleware
 async def track_requests(request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
