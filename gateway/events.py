@@ -126,7 +126,12 @@ def _distinct_id(event: dict[str, Any], props: dict[str, Any]) -> str:
 
 
 def _event_uuid(
-    event: dict[str, Any], props: dict[str, Any], key: str, index: int, digest: bytes | None, client_ms: int | None
+    event: dict[str, Any],
+    props: dict[str, Any],
+    identity: tuple[str, str, str],
+    index: int,
+    digest: bytes | None,
+    client_ts: datetime | None,
 ) -> str:
     """The event's uuid: the client's; else one a retry of the same event gets again (docs/capture.md).
 
@@ -146,11 +151,12 @@ def _event_uuid(
             raise invalid("invalid_payload", 'Event field "uuid" is not a valid UUID!', "uuid") from None
     insert_id = props.get("$insert_id")
     if isinstance(insert_id, str | int) and not isinstance(insert_id, bool) and insert_id != "":
-        seed = f"{key}\0{insert_id}".encode("utf-8", "surrogatepass")
-        return str(derived_uuid(hashlib.blake2b(seed, digest_size=16).digest(), client_ms))
-    if digest is not None and (client_ms is not None or "offset" in event):
+        token, name, distinct_id = identity
+        seed = f"{token}\0{name}\0{distinct_id}\0{insert_id}".encode("utf-8", "surrogatepass")
+        return derived_uuid(hashlib.blake2b(seed, digest_size=16).digest(), _epoch_ms(client_ts))
+    if digest is not None and (client_ts is not None or "offset" in event):
         seed = digest + index.to_bytes(4, "big")
-        return str(derived_uuid(hashlib.blake2b(seed, digest_size=16).digest(), client_ms))
+        return derived_uuid(hashlib.blake2b(seed, digest_size=16).digest(), _epoch_ms(client_ts))
     return str(uuid7())
 
 
@@ -233,9 +239,8 @@ def normalise(
         ctx.now, client_ts or ts_value, sent_at, event.get("offset"), bool(props.get("$ignore_sent_at"))
     )
     warnings = [{"type": warning, "details": {"timestamp": ts_value}}] if warning else []
-    client_ms = _epoch_ms(client_ts) if client_ts is not None else None
     return RawEvent(
-        uuid=_event_uuid(event, props, f"{token}\0{name}\0{distinct_id}", index, digest, client_ms),
+        uuid=_event_uuid(event, props, (token, name, distinct_id), index, digest, client_ts),
         distinct_id=distinct_id,
         token=token,
         event=data["event"],
@@ -249,7 +254,9 @@ def normalise(
     )
 
 
-def _epoch_ms(dt: datetime) -> int:
+def _epoch_ms(dt: datetime | None) -> int | None:
+    if dt is None:
+        return None
     try:
         return int(dt.timestamp() * 1000)
     except (OverflowError, OSError, ValueError):

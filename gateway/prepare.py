@@ -86,23 +86,19 @@ def _scrubbed(event: RawEvent) -> RawEvent:
 
 
 def encode_event(event: RawEvent, max_bytes: int = MAX_EVENT_BYTES) -> Message:
-    """Kafka key and value of an event; 413 when the value would be larger than the broker takes.
+    """Kafka key and value of an event (``RawEvent.key`` / ``RawEvent.to_json``); 413 when the value
+    would be larger than the broker takes.
 
-    The common case costs one ``to_json`` and two substring searches; only an event whose encoding
-    failed (lone surrogates) or may carry a non-finite float is scrubbed and encoded again.
+    The value is encoded here like ``to_json`` but with ``allow_nan=False``, so a non-finite float
+    (``1e999`` parses to inf) raises instead of writing ``Infinity``, which is not JSON; that and lone
+    surrogates (which UTF-8 can't encode) are the only cases that pay for a scrub and a second encode.
     """
     try:
-        key, value = event.key(), event.to_json()
+        key = event.key()
+        value = ujson.dumps({f: getattr(event, f) for f in _FIELDS}, ensure_ascii=False, allow_nan=False).encode()
     except (UnicodeEncodeError, OverflowError):
         event = _scrubbed(event)
         key, value = event.key(), event.to_json()
-    else:
-        if b"NaN" in value or b"Infinity" in value:  # a non-finite float, or merely text saying so
-            try:
-                ujson.dumps([getattr(event, f) for f in _FIELDS], ensure_ascii=False, allow_nan=False)
-            except (UnicodeEncodeError, OverflowError):
-                event = _scrubbed(event)
-                key, value = event.key(), event.to_json()
     if len(value) > max_bytes:
         raise CaptureError(
             413,

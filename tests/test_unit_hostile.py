@@ -257,3 +257,9 @@ def test_times_out_of_the_storable_range_fall_back_to_now(ts: object) -> None:
     (event,) = parse_events(ujson.loads(text), RequestContext(now=NOW), content=text)[1]
     assert event.timestamp.startswith("2024-06-01 12:00:00")
     assert event.warnings and event.warnings[0]["type"] in ("ignored_invalid_timestamp", "event_timestamp_in_future")
+
+
+def test_encode_is_to_json_for_ordinary_events() -> None:
+    text = hostile.batch(KEY, [hostile.event(i, timestamp=TS, properties={"f": 1.5, "s": "ü€😀"}) for i in range(3)])
+    for event in parse_events(ujson.loads(text), RequestContext(now=NOW), content=text)[1]:
+        assert encode_event(event) == (event.key(), event.to_json())
