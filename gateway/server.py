@@ -117,6 +117,20 @@ class Connections:
         self.refused = 0
         self.header_timeouts = 0
 
+    async def sweep(self) -> None:
+        """Every so often, answer 408 on connections whose headers started too long ago.
+
+        One periodic pass over the connections instead of a timer per request: a request's header
+        clock costs a float assignment on the hot path, not a TimerHandle scheduled and cancelled.
+        """
+        loop = asyncio.get_running_loop()
+        timeout = self.limits.header_timeout_s
+        while True:
+            await asyncio.sleep(min(1.0, timeout / 4))
+            deadline = loop.time() - timeout
+            for guard in [g for g in self.by_transport.values() if g.since is not None and g.since < deadline]:
+                guard.too_slow()
+
     def __len__(self) -> int:
         return len(self.by_transport)
 
@@ -135,8 +149,9 @@ class ConnectionGuard(asyncio.Protocol):
     """Wraps aiohttp's protocol of one connection: refuses it past the cap, times out slow headers.
 
     The header clock starts at the first byte of a request and stops when aiohttp hands the parsed
-    request to the application (the middleware in gateway/app.py calls :meth:`request_started`); an
-    idle keep-alive connection is aiohttp's keep-alive timeout's business.
+    request to the application (:func:`track_requests` calls :meth:`request_started`);
+    :meth:`Connections.sweep` answers 408 to the ones too slow. An idle keep-alive connection is
+    aiohttp's keep-alive timeout's business.
     """
 
     def __init__(self, make_inner: Callable[[], asyncio.Protocol], conns: Connections) -> None:
@@ -144,7 +159,8 @@ class ConnectionGuard(asyncio.Protocol):
         self._inner: asyncio.Protocol | None = None
         self._conns = conns
         self._transport: asyncio.Transport | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._loop = asyncio.get_running_loop()
+        self.since: float | None = None  # when the current request's first byte arrived, until it is handled
         self._in_request = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -167,8 +183,8 @@ class ConnectionGuard(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._inner is None:
             return  # a refused connection: its bytes are discarded
-        if not self._in_request and self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self._conns.limits.header_timeout_s, self._slow)
+        if not self._in_request and self.since is None:
+            self.since = self._loop.time()
         self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
@@ -179,7 +195,7 @@ class ConnectionGuard(asyncio.Protocol):
         return self._inner.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel()
+        self.since = None
         if self._transport is not None:
             self._conns.by_transport.pop(self._transport, None)
         if self._inner is not None:
@@ -195,18 +211,13 @@ class ConnectionGuard(asyncio.Protocol):
 
     def request_started(self) -> None:
         self._in_request = True
-        self._cancel()
+        self.since = None
 
     def request_finished(self) -> None:
         self._in_request = False
 
-    def _cancel(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _slow(self) -> None:
-        self._timer = None
+    def too_slow(self) -> None:
+        self.since = None
         if self._in_request or self._transport is None or self._transport.is_closing():
             return
         self._conns.header_timeouts += 1
@@ -244,9 +255,11 @@ class Running:
     runner: web.AppRunner
     server: asyncio.AbstractServer
     port: int
+    sweeper: asyncio.Task[None]
 
     async def close(self) -> None:
         self.server.close()
+        self.sweeper.cancel()
         await self.runner.cleanup()
 
 
@@ -261,7 +274,7 @@ async def start(app: web.Application, host: str, port: int, limits: ServerLimits
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: ConnectionGuard(aiohttp_server, conns), host, port, backlog=1024)
     bound = server.sockets[0].getsockname()[1]
-    return Running(runner, server, int(bound))
+    return Running(runner, server, int(bound), asyncio.create_task(conns.sweep(), name="header-timeouts"))
 
 
 async def serve_forever(app: web.Application, host: str, port: int, limits: ServerLimits, **server_kwargs: Any) -> None:
