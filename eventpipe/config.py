@@ -110,6 +110,13 @@ class Settings:
     sink_batch_rows: int = 10_000
     sink_batch_seconds: float = 1.0
     trusted_proxies: str = ""
+    # Gateway hardening (docs/capture.md, "Limits"):
+    max_event_bytes: int = 1_000_000
+    max_connections: int = 1000
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
+    decode_workers: int = 1
+    request_memory_bytes: int = 64 * 1024 * 1024
 
     def local_server(self) -> Any:
         """The local ClickHouse server's description, or None when it was never started here."""
@@ -173,4 +180,10 @@ def load() -> Settings:
         sink_batch_rows=_int("SINK_BATCH_ROWS", 10_000),
         sink_batch_seconds=float(_env("SINK_BATCH_SECONDS", "1.0")),
         trusted_proxies=_env("TRUSTED_PROXIES", ""),
+        max_event_bytes=_int("MAX_EVENT_BYTES", 1_000_000),
+        max_connections=_int("MAX_CONNECTIONS", 1000),
+        header_timeout_s=float(_env("HEADER_TIMEOUT_S", "10")),
+        body_timeout_s=float(_env("BODY_TIMEOUT_S", "60")),
+        decode_workers=_int("DECODE_WORKERS", 1),
+        request_memory_bytes=_int("REQUEST_MEMORY_BYTES", 64 * 1024 * 1024),
     )

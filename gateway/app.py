@@ -14,14 +14,17 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from eventpipe.config import Settings
-from eventpipe.contract import RawEvent
 from eventpipe.kafka import RegistryReader, ensure_topics, producer, topics_for
 from eventpipe.metrics import GatewayMetrics as Metrics
+from eventpipe.teams import api_key_shape_error
+from gateway import server
 from gateway.client_ip import client_ip, parse_networks
-from gateway.decode import loads, payload_bytes
-from gateway.errors import CaptureError, invalid, too_large, unauthorized, unavailable
-from gateway.events import RequestContext, parse_events
+from gateway.decode import is_form, parse_form
+from gateway.errors import CaptureError, invalid, timed_out, too_large, unauthorized, unavailable
+from gateway.events import RequestContext
 from gateway.openapi import CAPTURE_ROUTES, build_spec
+from gateway.pool import DecodePool
+from gateway.prepare import Escalate, Limits, Message, Prepared, prepare, prepare_inline
 from gateway.timestamps import parse_time
 
 log = logging.getLogger("eventpipe.gateway")
@@ -32,38 +35,71 @@ REGISTRY = web.AppKey("registry", RegistryReader)
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)
 PROXIES = web.AppKey("proxies", tuple)
+POOL = web.AppKey("pool", DecodePool)
+BUDGET = web.AppKey("budget", server.ByteBudget)
+# Five times the body limit inflated on the event routes (posthog-js sends gzip-js batches to /e/);
+# on /batch as much inflated as a raw JSON body may be (PostHog allows 100 MB there, which a gateway
+# that promises ~400 MB of RSS cannot parse: docs/capture.md, "Limits").
+INFLATE_FACTOR = 5
 
 
 def cors_headers(request: web.Request) -> dict[str, str]:
     origin = request.headers.get("Origin")
     headers = {
         "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
-        "Access-Control-Allow-Credentials": "true",
         "Access-Control-Max-Age": "86400",
         "Vary": "Origin",
     }
-    headers["Access-Control-Allow-Origin"] = origin or "*"
+    # Credentials are allowed only for an echoed origin: browsers refuse `*` with credentials, and
+    # `*` plus credentials would be the misconfiguration every CORS checker flags.
+    if origin:
+        headers["Access-Control-Allow-Origin"] = origin
+        headers["Access-Control-Allow-Credentials"] = "true"
+    else:
+        headers["Access-Control-Allow-Origin"] = "*"
     requested = request.headers.get("Access-Control-Request-Headers")
     headers["Access-Control-Allow-Headers"] = requested or "X-Requested-With, Content-Type, traceparent, request-id"
     return headers
 
 
 def error_response(request: web.Request, err: CaptureError) -> web.Response:
-    return web.json_response(err.body(), status=err.status, headers=cors_headers(request))
+    headers = cors_headers(request)
+    if err.retry_after is not None:
+        headers["Retry-After"] = str(err.retry_after)
+    resp = web.json_response(err.body(), status=err.status, headers=headers)
+    if err.status == 408:
+        resp.force_close()  # the client is too slow to be worth keeping
+    return resp
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The request body, refusing more than ``limit`` bytes without buffering the excess."""
-    if request.content_length is not None and request.content_length > limit:
+def _busy() -> CaptureError:
+    return unavailable("The gateway is holding as many request bytes as it may, please retry.", retry_after=1)
+
+
+async def read_body(request: web.Request, limit: int, hold: server.Hold, timeout_s: float) -> bytes:
+    """The request body, refusing more than ``limit`` bytes without buffering the excess.
+
+    Every byte is taken from the request's :class:`~gateway.server.Hold` before it is kept (503 when
+    the gateway holds too much already), and the whole body must arrive within ``timeout_s`` (408).
+    """
+    declared = request.content_length
+    if declared is not None and declared > limit:
         raise too_large(f"Request body exceeds {limit} bytes")
+    if declared is not None and not hold.take(declared):
+        raise _busy()
     chunks: list[bytes] = []
     size = 0
     try:
-        async for chunk in request.content.iter_chunked(64 * 1024):
-            size += len(chunk)
-            if size > limit:
-                raise too_large(f"Request body exceeds {limit} bytes")
-            chunks.append(chunk)
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.content.iter_chunked(64 * 1024):
+                size += len(chunk)
+                if size > limit:
+                    raise too_large(f"Request body exceeds {limit} bytes")
+                if (declared is None or size > declared) and not hold.take(len(chunk)):
+                    raise _busy()
+                chunks.append(chunk)
+    except TimeoutError:
+        raise timed_out(f"Request body not received within {timeout_s:g} s.") from None
     except (web.RequestPayloadError, HttpProcessingError) as exc:
         # e.g. Content-Encoding: gzip on a body that isn't gzip: aiohttp fails while inflating it.
         raise invalid("invalid_payload", f"Malformed request body: {exc}") from None
@@ -91,19 +127,76 @@ def request_context(request: web.Request, route: str) -> RequestContext:
     )
 
 
-async def publish(app: web.Application, events: list[RawEvent]) -> None:
-    """Send every event and wait for Kafka's acks (acks=all); a timeout is a retryable 503."""
+def route_limits(settings: Settings, route: str) -> tuple[int, Limits]:
+    """Body limit and decode limits of a route."""
+    if route == "batch":
+        body = settings.max_batch_body_bytes
+        inflated = body
+    else:
+        body = settings.max_body_bytes
+        inflated = INFLATE_FACTOR * body
+    return body, Limits(inflated_bytes=inflated, max_event_bytes=settings.max_event_bytes)
+
+
+async def check_key(app: web.Application, token: object) -> None:
+    """401 for a key of the wrong shape or one no team has."""
+    reason = api_key_shape_error(token)
+    if reason:
+        raise unauthorized(reason, "Project API key invalid.")
+    if await app[REGISTRY].resolve(str(token)) is None:
+        raise unauthorized(
+            "invalid_api_key",
+            "Project API key invalid. You can find your project API key with `eventpipe teams list`.",
+        )
+
+
+def outside_key(fields: object) -> object:
+    """A key sent beside the payload (query string or form field), checked before any inflating."""
+    if isinstance(fields, dict):  # parse_qs: name -> list of values
+        values = fields.get("token") or fields.get("api_key") or [None]
+        return values[0]
+    return fields.get("token") or fields.get("api_key")  # type: ignore[attr-defined]
+
+
+async def decode(request: web.Request, route: str, body: bytes, limits: Limits) -> Prepared:
+    """Body -> messages: inline when small, else in a decode worker after any outside key is checked."""
+    content_type = request.headers.get("Content-Type", "")
+    encoding = transport_hint(request.headers.get("Content-Encoding", ""))
+    ctx = request_context(request, route)
+    try:
+        try:
+            return prepare_inline(body, content_type, request.query, encoding, ctx, limits)
+        except Escalate:
+            pass
+        if is_form(content_type, body) and (token := outside_key(parse_form(body))) is not None:
+            await check_key(request.app, token)  # an unknown form key never reaches a worker
+        query = dict(request.query)
+        prepared: Prepared = await request.app[POOL].run(prepare, body, content_type, query, encoding, ctx, limits)
+        return prepared
+    except CaptureError:
+        raise
+    except Exception as exc:  # bad input must never become a 5xx
+        log.info("unparseable capture request: %r", exc)
+        raise invalid("invalid_payload", "Malformed request data.") from None
+
+
+async def publish(app: web.Application, messages: list[Message]) -> None:
+    """Send every message and wait for Kafka's acks (acks=all); a timeout is a retryable 503."""
     settings = app[SETTINGS]
     prod = app[PRODUCER]
     topic = topics_for(settings).raw_events
     started = time.perf_counter()
     try:
         async with asyncio.timeout(settings.produce_timeout_s):
-            futures = [await prod.send(topic, e.to_json(), key=e.key()) for e in events]
+            futures = []
+            for i, (key, value) in enumerate(messages):
+                futures.append(await prod.send(topic, value, key=key))
+                if i % 1000 == 999:
+                    await asyncio.sleep(0)  # a 10,000-event batch must not hold the loop for all its sends
             await asyncio.gather(*futures)
     except (TimeoutError, KafkaError) as exc:
         app[METRICS].errors.inc("server_error")
-        log.warning("kafka did not acknowledge %d events: %r", len(events), exc)
+        log.warning("kafka did not acknowledge %d events: %r", len(messages), exc)
         raise unavailable("Transient error, please retry: the event queue did not acknowledge in time.") from None
     app[METRICS].produce_latency.observe(time.perf_counter() - started)
 
@@ -116,32 +209,19 @@ async def capture(request: web.Request) -> web.StreamResponse:
         return web.Response(status=200, headers=cors_headers(request))
     settings = request.app[SETTINGS]
     try:
-        limit = settings.max_batch_body_bytes if route == "batch" else settings.max_body_bytes
-        body = await read_body(request, limit)
-        metrics.bytes.inc(route, len(body))
-        ctx = request_context(request, route)
-        try:
-            text = payload_bytes(
-                body,
-                request.headers.get("Content-Type", ""),
-                request.query,
-                transport_hint(request.headers.get("Content-Encoding", "")),
-                limit=max(limit, 100 * 1024 * 1024) if route == "batch" else 5 * limit,
-            )
-            token, events = parse_events(loads(text), ctx)
-        except CaptureError:
-            raise
-        except Exception as exc:  # bad input must never become a 5xx
-            log.info("unparseable capture request: %r", exc)
-            raise invalid("invalid_payload", "Malformed request data.") from None
-        if await request.app[REGISTRY].resolve(token) is None:
-            raise unauthorized(
-                "invalid_api_key",
-                "Project API key invalid. You can find your project API key with `eventpipe teams list`.",
-            )
-        if events:
-            await publish(request.app, events)
-        metrics.events.inc(route, len(events))
+        body_limit, limits = route_limits(settings, route)
+        if (token := outside_key(request.query)) is not None:
+            await check_key(request.app, token)  # before the body is even read
+        with server.Hold(request.app[BUDGET]) as hold:
+            body = await read_body(request, body_limit, hold, settings.body_timeout_s)
+            metrics.bytes.inc(route, len(body))
+            prepared = await decode(request, route, body, limits)
+            del body
+            hold.resize(prepared.size)  # the body is gone; its messages are held until Kafka acks
+            await check_key(request.app, prepared.token)
+            if prepared.messages:
+                await publish(request.app, prepared.messages)
+        metrics.events.inc(route, len(prepared.messages))
     except CaptureError as err:
         metrics.errors.inc(err.code)
         return error_response(request, err)
@@ -180,19 +260,33 @@ async def _on_startup(app: web.Application) -> None:
     await app[PRODUCER].start()
 
 
+async def _start_pool(app: web.Application) -> None:
+    await app[POOL].start()
+
+
 async def _on_cleanup(app: web.Application) -> None:
     # Stop the producer first: it flushes what is in flight, so no acknowledged request is lost.
     if PRODUCER in app:
         await app[PRODUCER].stop()
     if REGISTRY in app:
         await app[REGISTRY].stop()
+    await app[POOL].stop()
 
 
-def build_app(settings: Settings) -> web.Application:
-    app = web.Application(client_max_size=settings.max_batch_body_bytes + 1)
+def build_app(
+    settings: Settings,
+    *,
+    registry: RegistryReader | None = None,
+    producer: AIOKafkaProducer | None = None,
+) -> web.Application:
+    """The gateway application; ``registry`` and ``producer`` given (tests, measurements) replace Kafka."""
+    app = web.Application(client_max_size=settings.max_batch_body_bytes + 1, middlewares=[server.track_requests])
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app[PROXIES] = parse_networks(settings.trusted_proxies)
+    app[POOL] = DecodePool(settings.decode_workers)
+    # The budget must fit the largest body a route accepts, or that body could never be read.
+    app[BUDGET] = server.ByteBudget(max(settings.request_memory_bytes, 2 * settings.max_batch_body_bytes))
     for route in CAPTURE_ROUTES:
         for path in (f"/{route}", f"/{route}/"):
             for method in ("GET", "POST", "OPTIONS"):
@@ -201,17 +295,31 @@ def build_app(settings: Settings) -> web.Application:
     app.router.add_get("/_ready", ready)
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/openapi.json", openapi)
-    app.on_startup.append(_on_startup)
+    if registry is not None and producer is not None:
+        app[REGISTRY] = registry
+        app[PRODUCER] = producer
+    else:
+        app.on_startup.append(_on_startup)
+    app.on_startup.append(_start_pool)
     app.on_cleanup.append(_on_cleanup)
     return app
 
 
-def serve(settings: Settings) -> None:
+def serve(
+    settings: Settings,
+    *,
+    registry: RegistryReader | None = None,
+    producer: AIOKafkaProducer | None = None,
+) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = build_app(settings)
+    app = build_app(settings, registry=registry, producer=producer)
     # Requests allocate many short-lived objects: fewer young-generation collections, and nothing
     # imported at start-up is ever scanned again (measured: GC was 8-13% of the gateway's CPU).
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
+    limits = server.ServerLimits(max_connections=settings.max_connections, header_timeout_s=settings.header_timeout_s)
     log.info("capture gateway on http://%s:%d/capture/", settings.host, settings.port)
-    web.run_app(app, host=settings.host, port=settings.port, print=None, shutdown_timeout=15, access_log=None)
+    # shutdown_timeout: deploy/ sizes the pods' grace period from it (tests/test_unit_deploy.py reads it here).
+    asyncio.run(
+        server.serve_forever(app, settings.host, settings.port, limits, shutdown_timeout=15, **server.SERVER_KWARGS)
+    )

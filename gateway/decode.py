@@ -20,6 +20,12 @@ from gateway.lzstring import LZError, LZTooLarge, decompress_from_base64
 
 GZIP_MAGIC = b"\x1f\x8b"
 _B64_CHARS = re.compile(rb"^[A-Za-z0-9+/=\s_-]+$")
+# lz-string is decoded in pure Python at ~1 µs per output character for incompressible data, so its
+# output gets a tighter bound than gzip's: only old posthog-js sends it, with batches far below this.
+LZ_MAX_CHARS = 2 * 1024 * 1024
+# A form body carries data, compression, ver, _ and a few more: parse_qs of a body of a million tiny
+# fields would build a million strings before we could look at any of them.
+MAX_FORM_FIELDS = 64
 
 
 def gunzip(data: bytes, limit: int) -> bytes:
@@ -65,7 +71,7 @@ def lz_decompress(data: bytes | str, limit: int) -> bytes:
     return encoded
 
 
-def decompress(data: bytes, hint: str, limit: int) -> bytes:
+def decompress(data: bytes, hint: str, limit: int, lz_limit: int = LZ_MAX_CHARS) -> bytes:
     """Apply the compression hint; gzip is recognised by its magic bytes whatever the hint says."""
     hint = hint.lower().strip()
     if data[:2] == GZIP_MAGIC:
@@ -73,20 +79,22 @@ def decompress(data: bytes, hint: str, limit: int) -> bytes:
     if hint in ("gzip", "gzip-js"):
         return gunzip(data, limit)
     if hint in ("lz64", "lz-string"):
-        return lz_decompress(data, limit)
+        return lz_decompress(data, min(limit, lz_limit))
     if hint in ("base64", "b64"):
         out = b64decode(data)
         return gunzip(out, limit) if out[:2] == GZIP_MAGIC else out
     return data
 
 
-_NON_FINITE = re.compile(rb"NaN|Infinity")
-
-
 def loads(data: bytes | str) -> Any:
-    """Parse JSON; NaN / Infinity (sent by some SDKs) become null like PostHog's capture does."""
+    """Parse JSON; NaN / Infinity (sent by some SDKs) become null like PostHog's capture does.
+
+    Bytes that are not UTF-8 (old browsers' raw lone surrogates, encoded by fflate's strToU8) become
+    U+FFFD rather than refusing the batch: the rest of the events are good.
+    """
     raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
-    if not _NON_FINITE.search(raw):
+    # Two substring searches, not a regex alternation: measured 7x faster on a 100 KB batch.
+    if b"NaN" not in raw and b"Infinity" not in raw:
         try:
             return ujson.loads(raw)
         except (ValueError, OverflowError, RecursionError, TypeError):
@@ -94,9 +102,25 @@ def loads(data: bytes | str) -> Any:
     import json
 
     try:
-        return json.loads(raw, parse_constant=lambda _c: None)
+        try:
+            return json.loads(raw, parse_constant=lambda _c: None)
+        except UnicodeDecodeError:
+            return json.loads(raw.decode("utf-8", "replace"), parse_constant=lambda _c: None)
     except (ValueError, RecursionError, TypeError) as exc:
         raise invalid("invalid_payload", f"Malformed request data: {exc}") from None
+
+
+def is_form(content_type: str, body: bytes) -> bool:
+    """A form body (curl -d sends JSON with the form content type: such a body is taken as it is)."""
+    return content_type.startswith("application/x-www-form-urlencoded") and not _looks_like_json(body)
+
+
+def parse_form(body: bytes) -> dict[str, list[str]]:
+    """The fields of a form body, refusing more than :data:`MAX_FORM_FIELDS` before building them."""
+    try:
+        return parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS)
+    except ValueError:
+        raise invalid("invalid_payload", f"Malformed request data: more than {MAX_FORM_FIELDS} form fields") from None
 
 
 def _looks_like_json(data: bytes) -> bool:
@@ -110,6 +134,7 @@ def payload_bytes(
     query: Mapping[str, str],
     content_encoding: str,
     limit: int,
+    lz_limit: int = LZ_MAX_CHARS,
 ) -> bytes:
     """The JSON text of a capture request, whatever way it was wrapped.
 
@@ -120,12 +145,15 @@ def payload_bytes(
     data: bytes = body
     if "data" in query:
         data = query["data"].encode("utf-8", "surrogatepass")
-    elif content_type.startswith("application/x-www-form-urlencoded") and not _looks_like_json(body):
-        # (curl -d sends JSON with the form content type: such a body is taken as it is.)
-        form = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
+    elif is_form(content_type, body):
+        form = parse_form(body)
         data = form.get("data", [""])[0].encode("utf-8", "surrogatepass")
     hint = query.get("compression") or (form.get("compression") or [""])[0] or content_encoding
-    data = decompress(data, hint, limit)
+    if hint.strip().lower() in ("gzip", "gzip-js") and data[:2] != GZIP_MAGIC and _B64_CHARS.match(data):
+        # posthog-js 1.78 sends form-encoded base64 with ?compression=gzip-js: the hint lies and, like
+        # PostHog, we go by the bytes (base64, then gzip when its magic shows).
+        hint = "base64"
+    data = decompress(data, hint, limit, lz_limit)
     if len(data) > limit:
         raise too_large(f"Payload exceeds {limit} bytes")
     stripped = data.strip()
@@ -141,3 +169,25 @@ def payload_bytes(
         if _looks_like_json(decoded):
             return decoded
     return stripped
+
+
+def json_bounds(data: bytes) -> tuple[int, int]:
+    """Upper bounds of (values, containers) in a JSON text, counted at C speed before any parse.
+
+    Every value but the root is an element of an array or object, and a container with k elements has
+    k - 1 commas, so values <= commas + containers + 1. Structural characters inside strings are
+    counted too: the bounds over-count (a 900 KB string of commas counts 900 K), never under-count.
+    What a parse materialises is at most ~100 bytes per counted value (measured with ujson on the
+    worst shapes: ``{"":0}``, ``[0]``, ``{"a":[]}``), which is what makes the bound a memory bound.
+    """
+    containers = data.count(b"{") + data.count(b"[")
+    return data.count(b",") + containers + 1, containers
+
+
+def check_json_bounds(data: bytes, max_values: int, max_containers: int) -> None:
+    """413 when the payload could hold more JSON values or containers than a request may."""
+    values, containers = json_bounds(data)
+    if containers > max_containers:
+        raise too_large(f"Payload has more than {max_containers} JSON objects and arrays")
+    if values > max_values:
+        raise too_large(f"Payload has more than {max_values} JSON values")

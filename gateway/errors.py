@@ -6,15 +6,25 @@ from typing import Any
 
 
 class CaptureError(Exception):
-    """A request we refuse; ``status`` is always a 4xx except ``server_error`` (503, retryable)."""
+    """A request we refuse; ``status`` is a 4xx except ``server_error`` (503, retryable).
 
-    def __init__(self, status: int, type_: str, code: str, detail: str, attr: str | None = None) -> None:
+    ``retry_after`` (seconds) becomes a Retry-After header: set on the 503s that shed load.
+    """
+
+    def __init__(
+        self, status: int, type_: str, code: str, detail: str, attr: str | None = None, retry_after: int | None = None
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.type = type_
         self.code = code
         self.detail = detail
         self.attr = attr
+        self.retry_after = retry_after
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Raised in decode worker processes and pickled back: keep every field, not just the message.
+        return (CaptureError, (self.status, self.type, self.code, self.detail, self.attr, self.retry_after))
 
     def body(self) -> dict[str, Any]:
         return {"type": self.type, "code": self.code, "detail": self.detail, "attr": self.attr}
@@ -32,5 +42,9 @@ def too_large(detail: str) -> CaptureError:
     return CaptureError(413, "validation_error", "payload_too_large", detail)
 
 
-def unavailable(detail: str) -> CaptureError:
-    return CaptureError(503, "server_error", "server_error", detail)
+def timed_out(detail: str) -> CaptureError:
+    return CaptureError(408, "validation_error", "request_timeout", detail)
+
+
+def unavailable(detail: str, retry_after: int | None = None) -> CaptureError:
+    return CaptureError(503, "server_error", "server_error", detail, retry_after=retry_after)

@@ -7,6 +7,7 @@ and Mixpanel ``/engage`` people updates. See docs/capture.md for the mapping rul
 
 from __future__ import annotations
 
+import hashlib
 import uuid as uuidlib
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,7 +19,7 @@ from eventpipe.contract import RawEvent, format_ts
 from eventpipe.teams import api_key_shape_error
 from gateway.errors import CaptureError, invalid, unauthorized
 from gateway.timestamps import parse_time, resolve_timestamp
-from gateway.uuid7 import uuid7
+from gateway.uuid7 import derived_uuid, uuid7
 
 MAX_DISTINCT_ID = 200
 MAX_EVENT_NAME = 400
@@ -124,14 +125,44 @@ def _distinct_id(event: dict[str, Any], props: dict[str, Any]) -> str:
     return text[:MAX_DISTINCT_ID]
 
 
-def _event_uuid(event: dict[str, Any]) -> str:
+def _event_uuid(
+    event: dict[str, Any],
+    props: dict[str, Any],
+    identity: tuple[str, str, str],
+    index: int,
+    digest: bytes | None,
+    client_ts: datetime | None,
+) -> str:
+    """The event's uuid: the client's; else one a retry of the same event gets again (docs/capture.md).
+
+    1. ``uuid`` as sent (invalid: 400).
+    2. Mixpanel's ``$insert_id`` (Mixpanel deduplicates on it): a hash of it with the event's key.
+    3. The event carries its own time (``timestamp`` or ``offset``): a hash of the request's content
+       (``digest``: token + decoded payload) and the event's index in it, so a byte-identical retry
+       collapses with the original in the ReplacingMergeTree.
+    4. Otherwise a fresh UUIDv7: without an id or a time, two identical requests are as likely two
+       events (a cron ping) as one retried, and losing an event is worse than keeping a duplicate.
+    """
     raw = event.get("uuid")
-    if raw is None:
-        return str(uuid7())
-    try:
-        return str(uuidlib.UUID(str(raw)))
-    except ValueError:
-        raise invalid("invalid_payload", 'Event field "uuid" is not a valid UUID!', "uuid") from None
+    if raw is not None:
+        try:
+            return str(uuidlib.UUID(str(raw)))
+        except ValueError:
+            raise invalid("invalid_payload", 'Event field "uuid" is not a valid UUID!', "uuid") from None
+    insert_id = props.get("$insert_id")
+    if isinstance(insert_id, str | int) and not isinstance(insert_id, bool) and insert_id != "":
+        token, name, distinct_id = identity
+        seed = f"{token}\0{name}\0{distinct_id}\0{insert_id}".encode("utf-8", "surrogatepass")
+        return derived_uuid(hashlib.blake2b(seed, digest_size=16).digest(), _epoch_ms(client_ts))
+    if digest is not None and (client_ts is not None or "offset" in event):
+        seed = digest + index.to_bytes(4, "big")
+        return derived_uuid(hashlib.blake2b(seed, digest_size=16).digest(), _epoch_ms(client_ts))
+    return str(uuid7())
+
+
+def content_digest(token: str, content: bytes) -> bytes:
+    """What a request's derived uuids hash: its api key and its decoded payload, byte for byte."""
+    return hashlib.blake2b(token.encode("utf-8", "surrogatepass") + b"\0" + content, digest_size=16).digest()
 
 
 def _segment(event: dict[str, Any], props: dict[str, Any]) -> str | None:
@@ -162,8 +193,14 @@ def _segment(event: dict[str, Any], props: dict[str, Any]) -> str | None:
     return mapped
 
 
-def normalise(event: Any, token: str, top: dict[str, Any], ctx: RequestContext) -> RawEvent | None:
-    """One client event -> RawEvent; None for events PostHog drops silently ($performance_event)."""
+def normalise(
+    event: Any, token: str, top: dict[str, Any], ctx: RequestContext, index: int = 0, digest: bytes | None = None
+) -> RawEvent | None:
+    """One client event -> RawEvent; None for events PostHog drops silently ($performance_event).
+
+    ``index`` (the event's position in the request) and ``digest`` (:func:`content_digest`) make the
+    uuid of an event without one deterministic, see :func:`_event_uuid`.
+    """
     if not isinstance(event, dict):
         raise invalid("invalid_payload", "Each event must be a JSON object (null or scalar items found).")
     if not _depth_ok(event, MAX_DEPTH):
@@ -197,10 +234,13 @@ def normalise(event: Any, token: str, top: dict[str, Any], ctx: RequestContext) 
     ts_value = event.get("timestamp")
     if ts_value is None and isinstance(props.get("time"), int | float) and ctx.route in ("track", "engage"):
         ts_value = props["time"]  # Mixpanel SDKs put epoch seconds (or ms) in properties.time
-    ts, warning = resolve_timestamp(ctx.now, ts_value, sent_at, event.get("offset"), bool(props.get("$ignore_sent_at")))
+    client_ts = parse_time(ts_value)  # parsed once: the event time and the derived uuid's time bits
+    ts, warning = resolve_timestamp(
+        ctx.now, client_ts or ts_value, sent_at, event.get("offset"), bool(props.get("$ignore_sent_at"))
+    )
     warnings = [{"type": warning, "details": {"timestamp": ts_value}}] if warning else []
     return RawEvent(
-        uuid=_event_uuid(event),
+        uuid=_event_uuid(event, props, (token, name, distinct_id), index, digest, client_ts),
         distinct_id=distinct_id,
         token=token,
         event=data["event"],
@@ -214,11 +254,21 @@ def normalise(event: Any, token: str, top: dict[str, Any], ctx: RequestContext) 
     )
 
 
-def parse_events(payload: Any, ctx: RequestContext) -> tuple[str, list[RawEvent]]:
+def _epoch_ms(dt: datetime | None) -> int | None:
+    if dt is None:
+        return None
+    try:
+        return int(dt.timestamp() * 1000)
+    except (OverflowError, OSError, ValueError):
+        return 0
+
+
+def parse_events(payload: Any, ctx: RequestContext, content: bytes | None = None) -> tuple[str, list[RawEvent]]:
     """The api key and events of one decoded request; raises CaptureError on anything invalid.
 
     A request is all or nothing: one invalid event refuses the request, so a client retry never
-    duplicates the events that were fine.
+    duplicates the events that were fine. ``content`` is the decoded payload text the request carried:
+    with it, events without a uuid get one derived from it (a byte-identical retry gets the same).
     """
     events, top = split_batch(payload)
     if not events:
@@ -228,5 +278,6 @@ def parse_events(payload: Any, ctx: RequestContext) -> tuple[str, list[RawEvent]
             413, "validation_error", "payload_too_large", f"At most {MAX_BATCH_EVENTS} events per request."
         )
     token = request_token(events, top, ctx.query_token)
-    out = [raw for e in events if (raw := normalise(e, token, top, ctx)) is not None]
+    digest = content_digest(token, content) if content is not None else None
+    out = [raw for i, e in enumerate(events) if (raw := normalise(e, token, top, ctx, i, digest)) is not None]
     return token, out

@@ -76,8 +76,16 @@ def _capture_operation(route: str, method: str) -> dict[str, Any]:
             "204": {"description": "accepted (beacon=1)"},
             "400": {"description": "invalid payload", "content": {"application/json": {"schema": _ERROR}}},
             "401": {"description": "missing or invalid api key", "content": {"application/json": {"schema": _ERROR}}},
-            "413": {"description": "payload too large", "content": {"application/json": {"schema": _ERROR}}},
-            "503": {"description": "Kafka unavailable: retry", "content": {"application/json": {"schema": _ERROR}}},
+            "408": {"description": "headers or body too slow", "content": {"application/json": {"schema": _ERROR}}},
+            "413": {
+                "description": "payload, a JSON bound or one event too large (the detail names the limit)",
+                "content": {"application/json": {"schema": _ERROR}},
+            },
+            "503": {
+                "description": "Kafka unavailable, or the gateway shedding load: retry (after Retry-After seconds)",
+                "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+                "content": {"application/json": {"schema": _ERROR}},
+            },
         },
     }
     if method == "post":

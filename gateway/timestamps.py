@@ -15,6 +15,9 @@ from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 
 FUTURE_LIMIT = timedelta(hours=23)
+# The oldest time the events table stores (ClickHouse DateTime64 starts at 1900) and that format_ts
+# writes with four year digits; an older one is treated as unparseable, never shipped.
+MIN_TIME = datetime(1900, 1, 1, tzinfo=UTC)
 _NUMERIC = re.compile(r"^-?\d+(\.\d+)?$")
 _BARE_HOUR_ZONE = re.compile(r"([+-]\d{2})$")  # "+03" -> "+03:00"
 
@@ -28,6 +31,8 @@ def parse_time(value: object) -> datetime | None:
     """
     if isinstance(value, bool) or value is None:
         return None
+    if isinstance(value, datetime):  # already parsed (the gateway parses an event's time once)
+        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
     if isinstance(value, int | float):
         return _from_epoch(float(value))
     if not isinstance(value, str):
@@ -48,9 +53,11 @@ def parse_time(value: object) -> datetime | None:
             dt = parsedate_to_datetime(text)
         except (TypeError, ValueError, IndexError):
             return None
-    if dt.tzinfo is None:
-        return dt.replace(tzinfo=UTC)
-    return dt.astimezone(UTC)
+    try:
+        dt = dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00 is in year 0
+        return None
+    return dt if dt >= MIN_TIME else None
 
 
 def _from_epoch(number: float) -> datetime | None:
@@ -59,9 +66,10 @@ def _from_epoch(number: float) -> datetime | None:
     if abs(number) >= 1e11:  # more than 11 integer digits: milliseconds
         number /= 1000.0
     try:
-        return datetime.fromtimestamp(number, UTC)
+        dt = datetime.fromtimestamp(number, UTC)
     except (OverflowError, OSError, ValueError):
         return None
+    return dt if dt >= MIN_TIME else None
 
 
 def resolve_timestamp(
@@ -90,4 +98,6 @@ def resolve_timestamp(
         result = now
     if result - now > FUTURE_LIMIT:
         return now, "event_timestamp_in_future"
+    if result < MIN_TIME:  # e.g. a sent_at far in the future skewing an old timestamp back
+        return now, "ignored_invalid_timestamp"
     return result, warning

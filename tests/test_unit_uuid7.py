@@ -57,3 +57,28 @@ def test_ordered_in_real_time() -> None:
     time.sleep(0.002)
     second = uuid7()
     assert first < second
+
+
+@pytest.mark.parametrize("ms", [None, 0, 1_717_243_198_123, 2**48 - 1])
+def test_derived_uuid_layout_and_determinism(ms: int | None) -> None:
+    import hashlib
+
+    from gateway.uuid7 import derived_uuid
+
+    for seed in (b"a", b"b", b"\xff" * 8):
+        digest = hashlib.blake2b(seed, digest_size=16).digest()
+        text = derived_uuid(digest, ms)
+        u = uuid.UUID(text)
+        assert str(u) == text and derived_uuid(digest, ms) == text
+        assert u.variant == uuid.RFC_4122
+        assert u.version == (8 if ms is None else 7)
+        if ms is not None:
+            assert ms_of(u) == ms
+
+
+def test_derived_uuid_clamps_times_out_of_range() -> None:
+    from gateway.uuid7 import derived_uuid
+
+    digest = bytes(range(16))
+    assert ms_of(uuid.UUID(derived_uuid(digest, -5))) == 0
+    assert ms_of(uuid.UUID(derived_uuid(digest, 2**50))) == 2**48 - 1

@@ -1,0 +1,163 @@
+"""Request body -> the Kafka messages it becomes, within bounds (pure: no aiohttp, no Kafka).
+
+The same functions run inline on the event loop for small requests and in a decode worker process
+for large ones (gateway/pool.py), so every limit is checked in one place and unit-testable on bytes.
+Order matters: bytes are bounded while inflating, JSON values and containers are counted before the
+parse, events are counted and sized before anything is produced.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+import ujson
+
+from eventpipe.contract import RawEvent
+from gateway.decode import check_json_bounds, json_bounds, loads, payload_bytes
+from gateway.errors import CaptureError
+from gateway.events import RequestContext, parse_events
+
+# Limits no real SDK reaches (docs/capture.md, "Limits"): posthog-js batches are at most a few MB and
+# ~150 values per event; a request of 10,000 events (MAX_BATCH_EVENTS) of 100 values is 1 M values.
+MAX_JSON_VALUES = 1_000_000
+MAX_JSON_CONTAINERS = 250_000
+# Kafka's default max.message.bytes is 1,048,588 and PostHog's capture caps an event at 1,000,000.
+MAX_EVENT_BYTES = 1_000_000
+
+# What the event loop decodes itself (a 100-event posthog-js batch is ~100 KB and ~3,500 values, and
+# costs ~1-2 ms); anything bigger goes to a decode worker so it never stalls other requests.
+INLINE_BYTES = 512 * 1024
+INLINE_VALUES = 64 * 1024
+# lz-string is decoded in pure Python (~1 µs per character at worst): the event loop decodes 16 K.
+INLINE_LZ_CHARS = 16 * 1024
+
+Message = tuple[bytes, bytes]  # (key, value) as produced to the raw-events topic
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The bounds of one request (per route)."""
+
+    inflated_bytes: int
+    max_values: int = MAX_JSON_VALUES
+    max_containers: int = MAX_JSON_CONTAINERS
+    max_event_bytes: int = MAX_EVENT_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    token: str
+    messages: list[Message]
+
+    @property
+    def size(self) -> int:
+        return sum(len(k) + len(v) for k, v in self.messages)
+
+
+class Escalate(Exception):
+    """The request is bigger than what the event loop decodes itself: hand it to a decode worker."""
+
+
+def _scrub(value: Any) -> Any:
+    """JSON-safe copy: non-finite floats (``1e999``) -> null, lone surrogates (``"\\ud800"``) -> U+FFFD."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+            return value
+        except UnicodeEncodeError:
+            return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {_scrub(k): _scrub(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub(v) for v in value]
+    return value
+
+
+_FIELDS = tuple(f.name for f in fields(RawEvent))
+
+
+def _scrubbed(event: RawEvent) -> RawEvent:
+    return RawEvent(**{f: _scrub(getattr(event, f)) for f in _FIELDS})
+
+
+def encode_event(event: RawEvent, max_bytes: int = MAX_EVENT_BYTES) -> Message:
+    """Kafka key and value of an event (``RawEvent.key`` / ``RawEvent.to_json``); 413 when the value
+    would be larger than the broker takes.
+
+    The value is encoded here like ``to_json`` but with ``allow_nan=False``, so a non-finite float
+    (``1e999`` parses to inf) raises instead of writing ``Infinity``, which is not JSON; that and lone
+    surrogates (which UTF-8 can't encode) are the only cases that pay for a scrub and a second encode.
+    """
+    try:
+        key = event.key()
+        value = ujson.dumps({f: getattr(event, f) for f in _FIELDS}, ensure_ascii=False, allow_nan=False).encode()
+    except (UnicodeEncodeError, OverflowError):
+        event = _scrubbed(event)
+        key, value = event.key(), event.to_json()
+    if len(value) > max_bytes:
+        raise CaptureError(
+            413,
+            "validation_error",
+            "payload_too_large",
+            f"Event {event.event[:100]!r} is {len(value)} bytes encoded; at most {max_bytes} bytes per event.",
+            "properties",
+        )
+    return key, value
+
+
+def prepare_text(text: bytes, ctx: RequestContext, limits: Limits) -> Prepared:
+    """Decoded payload text -> token and messages; CaptureError (a 4xx) for anything out of bounds."""
+    check_json_bounds(text, limits.max_values, limits.max_containers)
+    token, events = parse_events(loads(text), ctx, content=text)
+    return Prepared(token, [encode_event(e, limits.max_event_bytes) for e in events])
+
+
+def prepare(
+    body: bytes,
+    content_type: str,
+    query: Mapping[str, str],
+    content_encoding: str,
+    ctx: RequestContext,
+    limits: Limits,
+) -> Prepared:
+    """The whole decode of one request (what a decode worker runs)."""
+    return prepare_text(payload_bytes(body, content_type, query, content_encoding, limits.inflated_bytes), ctx, limits)
+
+
+def prepare_inline(
+    body: bytes,
+    content_type: str,
+    query: Mapping[str, str],
+    content_encoding: str,
+    ctx: RequestContext,
+    limits: Limits,
+) -> Prepared:
+    """The decode of a small request, on the event loop; :class:`Escalate` when it is not small.
+
+    Inflating stops at :data:`INLINE_BYTES` and the value count is checked before the parse, so the
+    event loop never spends more than a few milliseconds here whatever the request holds.
+    """
+    if len(body) > INLINE_BYTES:
+        raise Escalate
+    try:
+        text = payload_bytes(
+            body,
+            content_type,
+            query,
+            content_encoding,
+            min(INLINE_BYTES, limits.inflated_bytes),
+            lz_limit=INLINE_LZ_CHARS,
+        )
+    except CaptureError as err:
+        if err.status == 413:
+            raise Escalate from None  # the worker decides with the route's own limits
+        raise
+    values, _containers = json_bounds(text)
+    if values > INLINE_VALUES:
+        raise Escalate
+    return prepare_text(text, ctx, limits)
