@@ -131,16 +131,14 @@ def test_chain_across_partitions_ends_in_one_person(two_workers: Stack, seed: in
     assert props["email"] == "u@example.com" and props["first_seen"] == "anon"
     assert int(persons[0]["is_identified"]) == 1
 
-    counted = poll(
-        lambda: (
-            (r := stack.sql(f"SELECT count() AS n FROM events WHERE team_id = {team_id}"))
-            and int(r[0]["n"]) == len(events)
-            and r
-        ),
-        timeout=30,
-        what="all events in ClickHouse",
-    )
-    assert counted
+    def stored() -> int:
+        return int(stack.sql(f"SELECT count() AS n FROM events WHERE team_id = {team_id}")[0]["n"])
+
+    try:
+        poll(lambda: stored() == len(events), timeout=30, what="all events in ClickHouse")
+    except AssertionError:
+        assert stored() == len(events)  # says how many are stored
+        raise
     # The Faust table (its changelog) agrees with ClickHouse.
     table = changelog_mapping(stack, team_id)
     assert {table[anon], table[user], table[alias]} == {person_id}
