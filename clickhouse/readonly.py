@@ -14,6 +14,9 @@ output file gets a clear error instead of rows.
 
 from __future__ import annotations
 
+import re
+import uuid
+from datetime import date, datetime
 from typing import Any
 
 from clickhouse.store import Result, connection_args
@@ -79,3 +82,20 @@ def run(url: StoreURL, sql: str, params: dict[str, str] | None = None) -> Result
     finally:
         client.disconnect()
     return Result([m[0] for m in meta], [m[1] for m in meta], [tuple(r) for r in data])
+
+
+_PRECISION = re.compile(r"^DateTime64\((\d+)")
+
+
+def as_text(value: Any, type_: str) -> Any:
+    """Dates, times and UUIDs as ClickHouse prints them (``2024-01-02 09:00:00.000000`` for a
+    DateTime64(6), not Python's ``…+00:00``), so the CLI's rows read the same as an HTTP query's."""
+    if isinstance(value, datetime):
+        text = value.strftime("%Y-%m-%d %H:%M:%S")
+        digits = _PRECISION.match(type_)
+        if digits and int(digits.group(1)) > 0:
+            text += "." + value.strftime("%f").ljust(9, "0")[: int(digits.group(1))]
+        return text
+    if isinstance(value, date | uuid.UUID):
+        return str(value)
+    return value

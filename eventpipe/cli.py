@@ -43,7 +43,8 @@ def _cmd_sql(args: argparse.Namespace, settings: config.Settings) -> int:
         result = readonly.run(settings.read_store, args.query, params or None)
     except readonly.QueryRefused as exc:
         raise SystemExit(f"error: {exc}") from None
-    columns, rows = result.columns, result.rows
+    columns = result.columns
+    rows = [tuple(readonly.as_text(v, t) for v, t in zip(r, result.types, strict=True)) for r in result.rows]
     fmt = args.format or ("table" if sys.stdout.isatty() else "tsv")
     if fmt == "json":
         print(json.dumps([dict(zip(columns, r, strict=True)) for r in rows], default=str, ensure_ascii=False))
@@ -133,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     except config.NoStore as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `eventpipe sql … | head`: the reader has what it wanted
+        sys.stderr.close()
+        return 0
 
 
 def _dispatch(args: argparse.Namespace, settings: config.Settings) -> int:

@@ -21,7 +21,6 @@ import json
 import re
 import uuid
 from collections.abc import Iterator
-from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -241,16 +240,7 @@ def run(store: ServerStore, key: str, params: dict[str, str]) -> list[tuple[Any,
     assert set(_PARAM.findall(sql)) == set(params), f"query {key} takes exactly these parameters"
     # Exactly as `eventpipe sql` runs it: readonly=1 and the CLI's limits.
     result = readonly.run(store.url, sql, params)
-    return [tuple(_text(v, t) for v, t in zip(row, result.types, strict=True)) for row in result.rows]
-
-
-def _text(value: Any, type_: str) -> Any:
-    """Dates, times and UUIDs as ClickHouse prints them (the expectations below are written that way)."""
-    if isinstance(value, datetime):
-        return value.strftime("%Y-%m-%d %H:%M:%S.%f" if type_.startswith("DateTime64(6") else "%Y-%m-%d %H:%M:%S")
-    if isinstance(value, date | uuid.UUID):
-        return str(value)
-    return value
+    return [tuple(readonly.as_text(v, t) for v, t in zip(row, result.types, strict=True)) for row in result.rows]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
