@@ -387,7 +387,7 @@ async def _main(opts: Options) -> None:
     )
     results: dict[str, Phase] = {}
     with tempfile.TemporaryDirectory(prefix="eventpipe-bench-") as tmp:
-        secret = secrets.token_hex(16)
+        secret = secrets.token_hex(32)
         env = {
             **os.environ,
             "EVENTPIPE_KAFKA_BOOTSTRAP": opts.kafka,

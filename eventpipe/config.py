@@ -86,6 +86,25 @@ def _int(name: str, default: int) -> int:
         raise ValueError(f"EVENTPIPE_{name} must be an integer, got {raw!r}") from None
 
 
+MIN_SECRET_CHARS = 32
+_PLACEHOLDERS = ("change", "example", "placeholder", "secret", "password", "todo", "xxx")
+
+
+def _secret(name: str) -> str:
+    """A secret from the environment: empty (unset) or at least 32 characters that are not a placeholder
+    left over from an example. The value itself never appears in the error."""
+    raw = _env(name, "")
+    if not raw:
+        return ""
+    lowered = raw.lower()
+    if len(raw) < MIN_SECRET_CHARS or len(set(raw)) < 8 or any(p in lowered for p in _PLACEHOLDERS):
+        raise ValueError(
+            f"EVENTPIPE_{name} must be at least {MIN_SECRET_CHARS} random characters, not a placeholder "
+            f"(got {len(raw)} characters); make one with: openssl rand -hex 32"
+        )
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     kafka_bootstrap: str = "127.0.0.1:19092"
@@ -172,7 +191,7 @@ def load() -> Settings:
         topic_prefix=_env("TOPIC_PREFIX", "eventpipe_"),
         partitions=_int("PARTITIONS", 4),
         admin_host=_env("ADMIN_HOST", "127.0.0.1"),
-        admin_secret=_env("ADMIN_SECRET", ""),
+        admin_secret=_secret("ADMIN_SECRET"),
         admin_port=_int("ADMIN_PORT", 0),
         produce_timeout_s=float(_env("PRODUCE_TIMEOUT_S", "10")),
         max_body_bytes=_int("MAX_BODY_BYTES", 2 * 1024 * 1024),

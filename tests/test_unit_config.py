@@ -120,7 +120,7 @@ def test_load_reads_every_variable(clean_env: pytest.MonkeyPatch, tmp_path: Path
         "TOPIC_PREFIX": "test_",
         "PARTITIONS": "12",
         "ADMIN_HOST": "127.0.0.2",
-        "ADMIN_SECRET": "hunter2",
+        "ADMIN_SECRET": "9f3c1a7be04d5e2f8a6b1c0d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f",
         "PRODUCE_TIMEOUT_S": "2.5",
         "MAX_BODY_BYTES": "1000",
         "MAX_BATCH_BODY_BYTES": "5000",
@@ -140,7 +140,7 @@ def test_load_reads_every_variable(clean_env: pytest.MonkeyPatch, tmp_path: Path
         topic_prefix="test_",
         partitions=12,
         admin_host="127.0.0.2",
-        admin_secret="hunter2",
+        admin_secret="9f3c1a7be04d5e2f8a6b1c0d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f",
         produce_timeout_s=2.5,
         max_body_bytes=1000,
         max_batch_body_bytes=5000,
@@ -213,3 +213,12 @@ def test_bad_floats_raise(clean_env: pytest.MonkeyPatch, name: str) -> None:
 
 def test_default_home_of_a_source_checkout() -> None:
     assert config.default_home() == config.PACKAGE_ROOT / ".local"
+
+
+@pytest.mark.parametrize("value", ["hunter2", "CHANGE-ME", "change-me-change-me-change-me-change-me", "a" * 64,
+                                   "this-is-my-example-secret-of-many-chars"])  # fmt: skip
+def test_short_or_placeholder_secrets_are_refused(clean_env: pytest.MonkeyPatch, value: str) -> None:
+    clean_env.setenv("EVENTPIPE_ADMIN_SECRET", value)
+    with pytest.raises(ValueError, match="EVENTPIPE_ADMIN_SECRET must be at least 32 random characters") as err:
+        load()
+    assert value not in str(err.value)
