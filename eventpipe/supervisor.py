@@ -32,7 +32,7 @@ TAIL_LINES = 20
 
 def run_dir(settings: Settings) -> Path:
     path = settings.home / "run"
-    path.mkdir(parents=True, exist_ok=True)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)  # holds the sink's admin secret
     return path
 
 

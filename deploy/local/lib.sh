@@ -3,6 +3,8 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 LOCAL="${EVENTPIPE_LOCAL_DIR:-$ROOT/.local}"
+# Data, logs and the local ClickHouse's passwords live here: the owner's only.
+mkdir -p "$LOCAL" && chmod 700 "$LOCAL"
 
 log() { printf '[%s] %s\n' "$(basename "$0" .sh)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
