@@ -1,1 +1,1 @@
-"""ClickHouse side of eventpipe: DDL and migrations, the stores (server / embedded chDB), the sink."""
+"""ClickHouse side of eventpipe: DDL and migrations, the store (native protocol), the sink, the local server."""
