@@ -26,7 +26,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.protocol.admin import DeleteGroupsRequest
 
 from bench.gateway import ROOT, CpuMeter, CpuSample, _broker_pid, _delete_topics, _proc_cpu_s
-from clickhouse.local_server import WRITER, LocalServer
+from clickhouse.local_server import LocalServer
 
 # The state of deploy/local/*.sh (the local Kafka and ClickHouse), as tests/stack.py finds it.
 LOCAL_DIR = Path(os.environ.get("EVENTPIPE_LOCAL_DIR") or ROOT / ".local")
@@ -61,9 +61,7 @@ def local_clickhouse() -> str:
     if os.environ.get("EVENTPIPE_TEST_CLICKHOUSE"):
         return os.environ["EVENTPIPE_TEST_CLICKHOUSE"]
     server = LocalServer.read(LOCAL_DIR / "clickhouse")
-    if server is None:
-        return ""
-    return f"clickhouse://{WRITER}:{server.writer_password}@{server.native}"
+    return server.url(database="") if server is not None else ""
 
 
 def clickhouse_server_pid() -> int | None:

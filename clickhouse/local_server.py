@@ -67,10 +67,12 @@ class LocalServer:
     def http(self) -> str:
         return f"http://{self.host}:{self.http_port}"
 
-    def url(self, reader: bool = False) -> str:
-        """A ``clickhouse://`` store URL for the writer (or the read-only user)."""
+    def url(self, reader: bool = False, database: str | None = None) -> str:
+        """A ``clickhouse://`` store URL for the writer (or the read-only user); ``database=""`` leaves
+        the database off (tests and benchmarks add their own)."""
         user, password = (READER, self.reader_password) if reader else (WRITER, self.writer_password)
-        return f"clickhouse://{user}:{password}@{self.native}/{self.database}"
+        db = self.database if database is None else database
+        return f"clickhouse://{user}:{password}@{self.native}" + (f"/{db}" if db else "")
 
     @classmethod
     def read(cls, directory: Path) -> LocalServer | None:

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import ujson
 from aiokafka.admin import AIOKafkaAdminClient
 
-from clickhouse.local_server import WRITER, LocalServer
+from clickhouse.local_server import LocalServer
 from eventpipe import config
 from eventpipe.kafka import create_team, topics_for
 
@@ -40,9 +40,7 @@ def _local_clickhouse() -> str:
     if os.environ.get("EVENTPIPE_TEST_CLICKHOUSE"):
         return os.environ["EVENTPIPE_TEST_CLICKHOUSE"]
     server = LocalServer.read(LOCAL_DIR / "clickhouse")
-    if server is None:
-        return ""
-    return f"clickhouse://{WRITER}:{server.writer_password}@{server.native}"
+    return server.url(database="") if server is not None else ""
 
 
 CLICKHOUSE = _local_clickhouse()
