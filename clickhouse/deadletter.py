@@ -29,14 +29,16 @@ def build_letter(table: str, topic: str, row: KafkaRow, error: str, timestamp: s
         return data
     letter["reason"] = letter["reason"][:_REASON_MAX]
     letter["truncated"], letter["raw_bytes"] = True, len(row.value)
-    raw = letter["raw"]
-    keep = max(0, limit - (len(data) - len(raw.encode())) - 64)  # first guess: the overhead as measured
-    while True:
+    raw, letter["raw"] = letter["raw"], ""
+    overhead = len(ujson.dumps(letter).encode())
+    keep = max(0, limit - overhead)  # characters: each is at least one byte once encoded
+    while keep > 0:
         letter["raw"] = raw[:keep]
         data = ujson.dumps(letter).encode()
-        if len(data) <= limit or keep == 0:
+        if len(data) <= limit:
             return data
-        # JSON escaping makes some characters longer than one byte: shrink in proportion, and by at
-        # least one character so this ends.
-        keep = min(keep - 1, keep * limit // len(data) - 1) if keep > 1 else 0
-        keep = max(keep, 0)
+        # JSON escaping makes some characters longer than a byte: shrink in proportion (and by at
+        # least one character, so this ends).
+        keep = min(keep - 1, keep * (limit - overhead) // (len(data) - overhead))
+    letter["raw"] = ""
+    return ujson.dumps(letter).encode()

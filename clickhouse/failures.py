@@ -131,7 +131,7 @@ def classify_store(exc: BaseException) -> Kind:
         return Kind.FATAL  # an unlisted client-side driver error: a driver or schema problem
     if isinstance(exc, EOFError | OSError | TimeoutError):  # ConnectionError, socket errors
         return Kind.TRANSIENT
-    if isinstance(exc, UnicodeError | _ROW_ENCODING_ERRORS):
+    if isinstance(exc, _ROW_ENCODING_ERRORS):  # UnicodeError is a ValueError
         return Kind.DATA
     return Kind.FATAL
 
@@ -150,6 +150,8 @@ def classify_kafka(exc: BaseException) -> Kind:
 
 
 def describe(exc: BaseException) -> str:
-    """One line for a dead letter or a log: the server's message, without the driver's stack trace."""
-    text = str(exc).strip()
-    return text.splitlines()[0][:1000] if text else repr(exc)
+    """One line for a dead letter or a log: the server's message without the server's stack trace
+    (clickhouse-driver renders a server error as ``Code: N.`` and the message on the next line)."""
+    text = str(exc).split("Stack trace:")[0]
+    line = " ".join(part.strip() for part in text.splitlines() if part.strip())
+    return line[:1000] if line else repr(exc)

@@ -155,12 +155,17 @@ class Sink:
             isolation_level="read_committed",  # never read rows of an aborted transaction
         )
         await self.consumer.start()
+        self.wire()
+        self.consumer.subscribe(list(self.table_of), listener=_Rebalance(self))
+
+    def wire(self) -> None:
+        """The steps around the consumer (unit tests call this with fakes in place of the clients)."""
+        assert self.consumer is not None
         self.committer = Committer(self.consumer, self.partitions)
         self.pending = PendingRanges(self._read_committed, self.partitions)
         self.writer = Writer(self.committer, self._insert, self._send_letters, self.metrics, now_ts, self._rewind)
         # Bounded memory: a partition holding two batches' worth stops fetching until one is written.
         self.flow = FlowControl(self.consumer, self.partitions, max_buffered=2 * self.settings.sink_batch_rows)
-        self.consumer.subscribe(list(self.table_of), listener=_Rebalance(self))
 
     # -- the edges the steps call ------------------------------------------------------------------
     async def _insert(self, table: str, rows: list[KafkaRow], token: str) -> None:
