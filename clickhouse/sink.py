@@ -1,16 +1,23 @@
 """The sink: Kafka row topics -> batched ClickHouse inserts -> offset commits.
 
-* Offsets are committed only after ClickHouse acknowledged the insert of every row below them, so a
-  crash re-reads rows rather than losing them.
+* Offsets are committed only after ClickHouse acknowledged the insert of every row below them (and
+  the dead-letter topic every refused one), so a crash re-reads rows rather than losing them.
 * Each batch is one (topic, partition) offset range and carries ``insert_deduplication_token =
   topic:partition:first-last``. Before inserting, the sink commits the batch's *start* offset with
   metadata ``pending:<last>``; a sink that restarts (or takes over the partition) reads that
   metadata and cuts its first batch at exactly the same offsets, so the re-sent block has the same
-  token and ClickHouse stores it once.
-* ClickHouse unreachable or overloaded: the same batch is retried with exponential backoff and
-  jitter while consumption is paused (memory stays bounded, the consumer keeps its group membership).
-* Rows ClickHouse refuses: the batch is bisected until the refused rows are isolated; they go to the
-  dead-letter topic with the server's error, the rest is inserted.
+  token and ClickHouse stores it once. A pending range is re-cut whole or not at all.
+* ClickHouse unreachable or overloaded (:mod:`clickhouse.failures`): the same batch is retried with
+  exponential backoff and jitter while every partition is paused; the loop keeps polling Kafka (group
+  membership, rebalances) and keeps whatever a poll returns.
+* Rows ClickHouse refuses: the batch is bisected until the refused rows are isolated; exactly they go
+  to the dead-letter topic with the server's error (:mod:`clickhouse.deadletter`: always small enough
+  for the broker), the rest is inserted.
+* Errors that are about neither the server's health nor the rows (grants, a read-only user, a missing
+  table) stop the sink without committing: the supervisor restarts it, an operator sees why.
+
+The logic lives in :mod:`clickhouse.steps` (testable with a fake consumer and store); this module only
+wires it to aiokafka and clickhouse-driver: :meth:`Sink.pump` reads top to bottom as the diagram.
 """
 
 from __future__ import annotations
@@ -18,23 +25,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import secrets
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import ujson
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from clickhouse.admin import build_admin_app
-from clickhouse.batch import PartitionBuffer, dedup_token
-from clickhouse.store import KafkaRow, Store, is_retryable, migrate, open_store
+from clickhouse.failures import Kind, classify_store
+from clickhouse.steps import (
+    Committer,
+    FlowControl,
+    Partitions,
+    PendingRanges,
+    Record,
+    Writer,
+    next_batch,
+)
+from clickhouse.store import KafkaRow, Store, migrate, open_store
 from eventpipe.config import Settings
-from eventpipe.contract import dead_letter, now_ts
+from eventpipe.contract import now_ts
 from eventpipe.files import write_private
 from eventpipe.kafka import ensure_topics, producer, topics_for
 from eventpipe.metrics import SinkMetrics
@@ -42,8 +59,10 @@ from eventpipe.supervisor import clear_ready, mark_ready, run_dir
 
 log = logging.getLogger("eventpipe.sink")
 
-PENDING = "pending:"
 MAX_BACKOFF_S = 30.0
+POLL_MS = 100  # how long a poll waits for records: also the loop's pace while backing off
+MAX_RECORDS = 20_000  # per poll
+DRAIN_S = 15.0  # on SIGTERM: how long to keep writing what is buffered before giving up (re-read later)
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -51,19 +70,18 @@ class _Rebalance(ConsumerRebalanceListener):
         self.sink = sink
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        # Write and commit what we hold for partitions we are losing, so the next owner starts clean.
-        # (Not while an insert is in flight: then the buffers are dropped; the committed pending
-        # range makes the next owner re-cut the same batch.)
-        for tp in revoked:
-            if not self.sink.inserting:
-                await self.sink.flush(tp, force=True)
-            self.sink.buffers.pop(tp, None)
-            self.sink.pinned.pop(tp, None)
+        # Nothing is inserted here: a batch in flight is finished by the next owner (it re-cuts the
+        # committed pending range; the same token dedups an insert of ours that completes late).
+        # Buffers go: the consumer re-reads from the committed offset whoever owns the partition next.
+        await self.sink.committer.revoke(revoked)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        await self.sink.load_pins(assigned)
+        sink = self.sink
+        sink.partitions.assign(assigned)
+        sink.flow.apply(sink.holding())  # before any await: mid-outage, a new assignment starts paused
+        await sink.pending.load()
         log.info("sink assigned %s", sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
-        mark_ready(self.sink.settings, "sink")
+        mark_ready(sink.settings, "sink")
 
 
 class Sink:
@@ -72,14 +90,14 @@ class Sink:
         self.topics = topics_for(settings)
         self.table_of = self.topics.sink_tables()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
-        self.buffers: dict[TopicPartition, PartitionBuffer] = {}
-        self.pinned: dict[TopicPartition, int] = {}  # tp -> last offset of a batch that must be re-cut
         self.store: Store | None = None
         self.consumer: AIOKafkaConsumer | None = None
         self.dlq: AIOKafkaProducer | None = None
+        self.offsets: AIOKafkaAdminClient | None = None
         self.metrics = SinkMetrics()
-        self.inserting = False
+        self.partitions = Partitions()
         self._admin: web.AppRunner | None = None
+        self.draining = False
 
     async def _call(self, fn: Any, *args: Any) -> Any:
         # clickhouse-driver is blocking: one dedicated thread keeps the event loop (and the
@@ -96,7 +114,7 @@ class Sink:
                 await self._call(migrate, self.store)
                 break
             except Exception as exc:
-                if not is_retryable(exc):
+                if classify_store(exc) is not Kind.TRANSIENT:
                     raise
                 log.warning("ClickHouse %s unreachable (%r); retrying in %.1fs", url.redacted(), exc, delay)
                 await asyncio.sleep(delay)
@@ -118,10 +136,14 @@ class Sink:
             url = f"http://{self.settings.admin_host}:{port}/metrics"
             write_private(run_dir(self.settings) / "sink-admin.json", ujson.dumps({"url": url, "secret": secret}))
 
-    async def start_consumer(self) -> None:
+    async def start_kafka(self) -> None:
         await ensure_topics(self.settings)
         self.dlq = producer(self.settings)
         await self.dlq.start()
+        # Committed offsets *with their metadata* (the pending ranges): the admin client's public
+        # list_consumer_group_offsets returns both, the consumer's committed() only the offset.
+        self.offsets = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap, request_timeout_ms=10_000)
+        await self.offsets.start()
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.kafka_bootstrap,
             group_id=self.topics.group("sink"),
@@ -133,144 +155,91 @@ class Sink:
             isolation_level="read_committed",  # never read rows of an aborted transaction
         )
         await self.consumer.start()
+        self.wire()
         self.consumer.subscribe(list(self.table_of), listener=_Rebalance(self))
 
-    async def load_pins(self, assigned: list[TopicPartition]) -> None:
-        """Read the pending batch ranges a previous owner committed before inserting."""
+    def wire(self) -> None:
+        """The steps around the consumer (unit tests call this with fakes in place of the clients)."""
         assert self.consumer is not None
-        # aiokafka's public committed() drops the metadata; the coordinator call returns it.
-        committed = await self.consumer._coordinator.fetch_committed_offsets(assigned)
-        for tp, meta in committed.items():
-            if meta.metadata.startswith(PENDING) and meta.offset >= 0:
-                self.pinned[tp] = int(meta.metadata[len(PENDING) :])
-                log.info("%s:%d resumes a pending batch %d-%d", tp.topic, tp.partition, meta.offset, self.pinned[tp])
+        self.committer = Committer(self.consumer, self.partitions)
+        self.pending = PendingRanges(self._read_committed, self.partitions)
+        self.writer = Writer(self.committer, self._insert, self._send_letters, self.metrics, now_ts, self._rewind)
+        # Bounded memory: a partition holding two batches' worth stops fetching until one is written.
+        self.flow = FlowControl(self.consumer, self.partitions, max_buffered=2 * self.settings.sink_batch_rows)
 
-    # -- batching ----------------------------------------------------------------------------------
-    def _next_batch(self, tp: TopicPartition, buf: PartitionBuffer, force: bool) -> list[KafkaRow] | None:
-        pin = self.pinned.get(tp)
-        if pin is not None:
-            if buf.rows[-1].offset < pin and not force:
-                return None  # wait until the whole pending range is back
-            n = sum(1 for r in buf.rows if r.offset <= pin)
-            self.pinned.pop(tp)
-            return buf.take(n)
-        if force or buf.due(time.monotonic(), self.settings.sink_batch_rows, self.settings.sink_batch_seconds):
-            return buf.take(self.settings.sink_batch_rows)
-        return None
+    # -- the edges the steps call ------------------------------------------------------------------
+    async def _insert(self, table: str, rows: list[KafkaRow], token: str) -> None:
+        assert self.store is not None
+        await self._call(self.store.insert, table, rows, token)
 
-    async def flush(self, tp: TopicPartition, force: bool = False) -> None:
-        buf = self.buffers.get(tp)
-        assert self.consumer is not None
-        while buf is not None and buf.rows:
-            rows = self._next_batch(tp, buf, force)
-            if not rows:
-                return
-            first, last = rows[0].offset, rows[-1].offset
-            table = self.table_of[tp.topic]
-            token = dedup_token(tp.topic, tp.partition, rows)
-            try:
-                await self.consumer.commit({tp: OffsetAndMetadata(first, f"{PENDING}{last}")})
-                self.inserting = True
-                refused = await self._write(table, rows, token)
-                await self._dead_letter(table, refused)
-                await self.consumer.commit({tp: OffsetAndMetadata(last + 1, "")})
-            except KafkaError as exc:
-                # Not ours any more (rebalance) or Kafka trouble: the rows are re-read from the
-                # committed offset; the pending range makes the re-sent batch deduplicate.
-                log.warning(
-                    "commit for %s:%d failed: %r; batch %d-%d will be re-read", tp.topic, tp.partition, exc, first, last
-                )
-                self.buffers.pop(tp, None)
-                return
-            finally:
-                self.inserting = False
-            self.metrics.rows.inc(table, len(rows) - len(refused))
-            self.metrics.batches.inc(table)
-            log.debug("batch %s inserted: %d rows", token, len(rows))
-
-    async def _write(self, table: str, rows: list[KafkaRow], token: str) -> list[tuple[KafkaRow, str]]:
-        """Insert ``rows``; returns the rows ClickHouse refused, with its error."""
-        try:
-            await self._insert_retrying(table, rows, token)
-            return []
-        except Exception as exc:
-            if len(rows) == 1:
-                return [(rows[0], str(exc).strip().splitlines()[0][:1000] if str(exc).strip() else repr(exc))]
-            log.warning("batch %s refused (%r); bisecting to isolate the bad rows", token, exc)
-            mid = len(rows) // 2  # deterministic halves, so a retry after a crash re-cuts them identically
-            left = await self._write(table, rows[:mid], f"{token}/a")
-            right = await self._write(table, rows[mid:], f"{token}/b")
-            return left + right
-
-    async def _insert_retrying(self, table: str, rows: list[KafkaRow], token: str) -> None:
-        """Insert; retry forever while the failure is "ClickHouse unavailable", raise data errors."""
-        assert self.store is not None and self.consumer is not None
-        delay = 0.2
-        paused = False
-        try:
-            while True:
-                started = time.perf_counter()
-                try:
-                    await self._call(self.store.insert, table, rows, token)
-                    self.metrics.insert_latency.observe(time.perf_counter() - started)
-                    return
-                except Exception as exc:
-                    if not is_retryable(exc):
-                        raise
-                    self.metrics.retries.inc(table)
-                    wait = delay * random.uniform(0.5, 1.5)  # jitter: replicas don't retry in lockstep
-                    log.warning("insert %s (%d rows) failed: %r; retrying in %.1fs", token, len(rows), exc, wait)
-                    if not paused:
-                        self.consumer.pause(*self.consumer.assignment())
-                        paused = True
-                    # Poll while paused: keeps the group membership alive and fetches nothing new.
-                    await self.consumer.getmany(timeout_ms=int(wait * 1000))
-                    delay = min(delay * 2, MAX_BACKOFF_S)
-        finally:
-            if paused:
-                self.consumer.resume(*self.consumer.assignment())
-
-    async def _dead_letter(self, table: str, refused: list[tuple[KafkaRow, str]]) -> None:
-        if not refused:
-            return
+    async def _send_letters(self, letters: list[bytes]) -> None:
         assert self.dlq is not None
-        futures = []
-        for row, error in refused:
-            letter = dead_letter(f"clickhouse refused row for {table}: {error}", row.value, "sink", now_ts())
-            letter["partition"], letter["offset"] = row.partition, row.offset
-            futures.append(await self.dlq.send(self.topics.dead_letters, ujson.dumps(letter).encode()))
-        await asyncio.gather(*futures)  # acked before the offsets move past these rows
-        self.metrics.dead_letters.inc(table, len(refused))
-        log.warning("%d rows for %s refused by ClickHouse, sent to %s", len(refused), table, self.topics.dead_letters)
+        futures = [await self.dlq.send(self.topics.dead_letters, letter) for letter in letters]
+        await asyncio.gather(*futures)
+
+    async def _read_committed(self, tps: list[TopicPartition]) -> Mapping[TopicPartition, OffsetAndMetadata]:
+        assert self.offsets is not None
+        return await self.offsets.list_consumer_group_offsets(self.topics.group("sink"), partitions=tps)
+
+    def _rewind(self, tp: TopicPartition, offset: int) -> None:
+        assert self.consumer is not None
+        with contextlib.suppress(IllegalStateError):  # unassigned meanwhile: the next owner reads it
+            self.consumer.seek(tp, offset)
+
+    def holding(self) -> bool:
+        """Every partition paused: ClickHouse (or Kafka) is being waited out, or the sink drains."""
+        return self.draining or self.writer.backing_off()
+
+    def _observe_lag(self, fetched: Mapping[TopicPartition, list[Record]]) -> None:
+        assert self.consumer is not None
+        for tp, messages in fetched.items():
+            end = self.consumer.highwater(tp) if messages else None
+            if end is not None:
+                self.metrics.lag.set(f"{tp.topic}:{tp.partition}", end - messages[-1].offset - 1)
 
     # -- main loop ---------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
-        await self.open()
-        await self.start_consumer()
-        assert self.consumer is not None
-        log.info("sink consuming %s", ", ".join(self.table_of))
         try:
-            while not stop.is_set():
-                batches = await self.consumer.getmany(timeout_ms=100, max_records=20_000)
-                now = time.monotonic()
-                for tp, messages in batches.items():
-                    buf = self.buffers.get(tp)
-                    if buf is None:
-                        buf = self.buffers[tp] = PartitionBuffer(tp.topic, tp.partition)
-                    for m in messages:
-                        if m.value is not None:
-                            buf.add(KafkaRow(m.value, m.timestamp, m.offset, m.partition), now)
-                    if messages:
-                        end = self.consumer.highwater(tp)
-                        if end is not None:
-                            self.metrics.lag.set(f"{tp.topic}:{tp.partition}", end - messages[-1].offset - 1)
-                for tp in list(self.buffers):
-                    await self.flush(tp)
-            log.info("stopping: flushing %d buffered rows", sum(len(b.rows) for b in self.buffers.values()))
-            for tp in list(self.buffers):
-                await self.flush(tp, force=True)
+            await self.open()  # waits for ClickHouse, migrates, serves /metrics
+            await self.start_kafka()
+            log.info("sink consuming %s", ", ".join(self.table_of))
+            await self.pump(stop)
         finally:
             await self.close()
+
+    async def pump(self, stop: asyncio.Event) -> None:
+        """fetch -> buffer -> pending ranges -> cut -> write (pending commit, insert/bisect, dead
+        letters, commit) -> pause/resume; until stopped, then the same while draining."""
+        assert self.consumer is not None
+        s = self.settings
+        deadline = 0.0
+        while True:
+            if stop.is_set() and not self.draining:
+                self.draining, deadline = True, time.monotonic() + DRAIN_S
+                log.info("stopping: writing %d buffered rows", self.partitions.buffered())
+            fetched = await self.consumer.getmany(timeout_ms=POLL_MS, max_records=MAX_RECORDS)
+            self.partitions.add(fetched, time.monotonic())  # every record returned is kept
+            self._observe_lag(fetched)
+            await self.pending.load()  # newly assigned partitions cut nothing before this
+            await self.writer.poll()  # a batch waiting out a retry
+            while self.writer.idle:
+                batch = next_batch(
+                    self.partitions,
+                    self.table_of,
+                    time.monotonic(),
+                    s.sink_batch_rows,
+                    s.sink_batch_seconds,
+                    force=self.draining,
+                )
+                if batch is None:
+                    break
+                self.writer.submit(batch)
+                await self.writer.poll()
+            self.flow.apply(self.holding())
+            if self.draining and (self.writer.idle or time.monotonic() >= deadline):
+                if not self.writer.idle:
+                    log.warning("stopping with a batch unwritten; it is re-cut from its pending range")
+                return
 
     async def close(self) -> None:
         clear_ready(self.settings, "sink")
@@ -278,6 +247,10 @@ class Sink:
             with contextlib.suppress(KafkaError):
                 await self.consumer.stop()
             self.consumer = None
+        if self.offsets is not None:
+            with contextlib.suppress(KafkaError):
+                await self.offsets.close()
+            self.offsets = None
         if self.dlq is not None:
             await self.dlq.stop()
             self.dlq = None

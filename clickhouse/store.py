@@ -162,21 +162,12 @@ def _to_python(type_: str, value: Any) -> Any:
     return value if isinstance(value, str) else ujson.dumps(value)
 
 
-# Server error codes worth retrying as they are (the data is fine, the server is not).
-# 279: every replica of a shard unreachable behind a Distributed insert (cluster mode).
-_RETRYABLE_CODES = frozenset({159, 164, 202, 209, 210, 225, 241, 242, 252, 279, 319, 425, 999})
-
-
 def is_retryable(exc: BaseException) -> bool:
-    """True for "ClickHouse is unreachable or overloaded" (retry the same batch), False for "this data
-    is refused" (find the rows and dead-letter them)."""
-    from clickhouse_driver import errors
+    """True for "ClickHouse is unreachable or overloaded" (retry the same batch). The classification
+    (transient / refused data / fatal) and its reasons live in :mod:`clickhouse.failures`."""
+    from clickhouse.failures import Kind, classify_store
 
-    if isinstance(exc, errors.NetworkError | errors.SocketTimeoutError | EOFError | OSError | TimeoutError):
-        return True
-    if isinstance(exc, errors.ServerException):
-        return exc.code in _RETRYABLE_CODES
-    return False
+    return classify_store(exc) is Kind.TRANSIENT
 
 
 def open_store(url: StoreURL, cluster: str = "") -> Store:

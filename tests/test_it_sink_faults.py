@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import aiohttp
 import pytest
+import ujson
 
-from tests.stack import ROOT, Stack, poll
+from eventpipe.contract import EVENT_ROW_COLUMNS
+from tests.stack import KAFKA, ROOT, Stack, poll, topics
 
 N = 100_000
 
@@ -115,5 +118,69 @@ def test_migrations_twice_leave_schema_unchanged(
         assert int(applied["n"]) == int(applied["u"])  # each migration recorded once
         dry = stack.cli("migrate", "--dry-run")
         assert dry.returncode == 0 and "CREATE TABLE IF NOT EXISTS events" in dry.stdout
+    finally:
+        stack.close()
+
+
+def _event_row(i: int, team_id: int = 1) -> dict[str, object]:
+    row: dict[str, object] = dict.fromkeys(EVENT_ROW_COLUMNS, "")
+    ts = "2024-05-01 12:00:00.000000"
+    row.update(
+        uuid=str(uuid.UUID(int=i + 1)), event="refused-test", properties="{}", timestamp=ts, created_at=ts,
+        team_id=team_id, distinct_id=f"d{i}", person_id=str(uuid.UUID(int=0)), person_properties="{}",
+    )
+    return row
+
+
+async def _produce_rows(stack: Stack, rows: list[bytes]) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=KAFKA, acks="all")
+    await producer.start()
+    try:
+        for value in rows:  # one partition: the offsets are the list's indices
+            await producer.send(topics(stack).events, value, partition=0)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def _read_letters(stack: Stack, expected: int, wait_s: float) -> list[dict[str, object]]:
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        topics(stack).dead_letters, bootstrap_servers=KAFKA, auto_offset_reset="earliest", group_id=None
+    )
+    await consumer.start()
+    out: list[dict[str, object]] = []
+    try:
+        deadline = time.monotonic() + wait_s
+        while len(out) < expected and time.monotonic() < deadline:
+            for messages in (await consumer.getmany(timeout_ms=200)).values():
+                out += [ujson.loads(m.value) for m in messages]
+    finally:
+        await consumer.stop()
+    return out
+
+
+@pytest.mark.timeout(300)
+def test_one_refused_row_goes_to_the_dlq_and_every_other_row_is_stored(
+    kafka: str, clickhouse_server: str, tmp_path: Path
+) -> None:
+    # team_id is Int64: 2**63 is valid JSON the column cannot take (clickhouse-driver refuses it with
+    # Code 53, TYPE_MISMATCH). One such row in a batch of 5,000 must cost exactly that row.
+    n, bad = 5_000, 3_210
+    stack = Stack(tmp_path, extra_env={"EVENTPIPE_SINK_BATCH_ROWS": "5000", "EVENTPIPE_SINK_BATCH_SECONDS": "1"})
+    try:
+        stack.spawn("sink")
+        poll(lambda: (stack.home / "run" / "sink.ready").exists(), 90, 0.2, "sink ready")
+        rows = [ujson.dumps(_event_row(i, 2**63 if i == bad else 1)).encode() for i in range(n)]
+        asyncio.run(_produce_rows(stack, rows))
+        poll(lambda: count(stack) >= n - 1, timeout=120, interval=0.5, what="good rows inserted")
+        letters = asyncio.run(_read_letters(stack, 1, 60))
+        assert [(letter["partition"], letter["offset"]) for letter in letters] == [(0, bad)]
+        assert "Code: 53" in str(letters[0]["reason"]) and letters[0]["raw"] == rows[bad].decode()
+        assert count(stack) == n - 1
+        assert stack.sql(f"SELECT count() AS n FROM events WHERE distinct_id = 'd{bad}'")[0]["n"] in (0, "0")
     finally:
         stack.close()
