@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run up down test unit lint bench services services-test services-down clean install
+.PHONY: run up down test chaos unit lint bench services services-test services-down clean install
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,13 @@ test: $(STAMP)
 	bash deploy/local/zookeeper.sh start
 	bash deploy/local/clickhouse-cluster.sh start
 	$(BIN)/pytest -q
+
+## chaos: the whole fault suite (tests/test_it_chaos.py: stages, the broker and ClickHouse killed or stopped
+## under a retrying client's stream; a 3-broker Kafka with one broker killed); prints one table of figures.
+chaos: $(STAMP)
+	bash deploy/local/kafka.sh start
+	bash deploy/local/clickhouse.sh start
+	$(BIN)/pytest -q -m "" tests/test_it_chaos.py
 
 unit: $(STAMP)
 	$(BIN)/pytest -q -m "not integration"

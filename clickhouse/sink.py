@@ -59,7 +59,6 @@ from eventpipe.supervisor import clear_ready, mark_ready, run_dir
 
 log = logging.getLogger("eventpipe.sink")
 
-MAX_BACKOFF_S = 30.0
 POLL_MS = 100  # how long a poll waits for records: also the loop's pace while backing off
 MAX_RECORDS = 20_000  # per poll
 DRAIN_S = 15.0  # on SIGTERM: how long to keep writing what is buffered before giving up (re-read later)
@@ -106,21 +105,27 @@ class Sink:
 
     # -- start-up --------------------------------------------------------------------------------
     async def open(self) -> None:
-        url = self.settings.store
-        delay = 0.5
-        while True:  # a ClickHouse server that is not up yet is waited for, not a crash
-            try:
-                self.store = await self._call(open_store, url, self.settings.clickhouse_cluster)
-                await self._call(migrate, self.store)
-                break
-            except Exception as exc:
-                if classify_store(exc) is not Kind.TRANSIENT:
-                    raise
-                log.warning("ClickHouse %s unreachable (%r); retrying in %.1fs", url.redacted(), exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_BACKOFF_S)
+        """Connect to ClickHouse and migrate — or, if it is unreachable now, go on: the sink joins its
+        consumer group anyway (a sink started during an outage takes its share of partitions and holds
+        them paused) and the first insert connects, retried like any insert while ClickHouse is away."""
+        try:
+            await self._connect()
+        except Exception as exc:
+            if classify_store(exc) is not Kind.TRANSIENT:
+                raise
+            log.warning("ClickHouse %s unreachable (%r); inserts wait for it", self.settings.store.redacted(), exc)
         await self._serve_admin()
-        log.info("sink store %s (ClickHouse %d.%d)", url.redacted(), *self.store.dialect.version)
+
+    async def _connect(self) -> None:
+        url = self.settings.store
+        store = await self._call(open_store, url, self.settings.clickhouse_cluster)
+        try:
+            await self._call(migrate, store)
+        except BaseException:
+            await self._call(store.close)
+            raise
+        self.store = store
+        log.info("sink store %s (ClickHouse %d.%d)", url.redacted(), *store.dialect.version)
 
     async def _serve_admin(self) -> None:
         """Loopback /metrics behind a bearer secret: EVENTPIPE_ADMIN_SECRET, or one made for this run and
@@ -169,6 +174,8 @@ class Sink:
 
     # -- the edges the steps call ------------------------------------------------------------------
     async def _insert(self, table: str, rows: list[KafkaRow], token: str) -> None:
+        if self.store is None:  # ClickHouse was unreachable so far: its errors are the insert's
+            await self._connect()
         assert self.store is not None
         await self._call(self.store.insert, table, rows, token)
 
@@ -200,7 +207,7 @@ class Sink:
     # -- main loop ---------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         try:
-            await self.open()  # waits for ClickHouse, migrates, serves /metrics
+            await self.open()  # connects to ClickHouse and migrates (or leaves that to the first insert)
             await self.start_kafka()
             log.info("sink consuming %s", ", ".join(self.table_of))
             await self.pump(stop)

@@ -66,3 +66,13 @@ def gateway(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[St
 @pytest.fixture(scope="module")
 def api_key(gateway: Stack) -> str:
     return gateway.create_team("gateway-tests")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The fault cases' figures (tests/chaos.py), one table, whichever ran."""
+    from tests.chaos import RESULTS
+
+    if RESULTS:
+        terminalreporter.section("fault cases: N sent, stored (uniqExact uuid), duplicates, count() after FINAL")
+        for result in RESULTS:
+            terminalreporter.write_line(("ok    " if result.ok else "LOST  ") + result.line())
