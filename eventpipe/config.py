@@ -86,6 +86,16 @@ def _int(name: str, default: int) -> int:
         raise ValueError(f"EVENTPIPE_{name} must be an integer, got {raw!r}") from None
 
 
+def _replication_factor() -> int:
+    """EVENTPIPE_REPLICATION_FACTOR: ``auto`` (or unset, or 0) = 0, else a positive integer."""
+    raw = _env("REPLICATION_FACTOR", "auto").strip().lower()
+    if raw in ("", "auto", "0"):
+        return 0
+    if not raw.isdigit():
+        raise ValueError(f"EVENTPIPE_REPLICATION_FACTOR must be 'auto' or a positive integer, got {raw!r}")
+    return int(raw)
+
+
 MIN_SECRET_CHARS = 32
 _PLACEHOLDERS = ("change", "example", "placeholder", "secret", "password", "todo", "xxx")
 
@@ -136,6 +146,14 @@ class Settings:
     body_timeout_s: float = 60.0
     decode_workers: int = 1
     request_memory_bytes: int = 64 * 1024 * 1024
+    # Replication factor of the topics eventpipe and Faust create; 0 = auto: min(3, brokers in the cluster).
+    replication_factor: int = 0
+
+    def kafka_replication_factor(self) -> int:
+        """The replication factor to create topics with (eventpipe.kafka.resolved_replication_factor)."""
+        from eventpipe.kafka import resolved_replication_factor
+
+        return resolved_replication_factor(self)
 
     def local_server(self) -> Any:
         """The local ClickHouse server's description, or None when it was never started here."""
@@ -205,4 +223,5 @@ def load() -> Settings:
         body_timeout_s=float(_env("BODY_TIMEOUT_S", "60")),
         decode_workers=_int("DECODE_WORKERS", 1),
         request_memory_bytes=_int("REQUEST_MEMORY_BYTES", 64 * 1024 * 1024),
+        replication_factor=_replication_factor(),
     )

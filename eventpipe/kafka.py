@@ -3,29 +3,54 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from eventpipe.config import Settings
 from eventpipe.contract import Topics, now_ts
 from eventpipe.teams import Registry, Team, new_api_key
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def topics_for(settings: Settings) -> Topics:
     return Topics(settings.topic_prefix)
 
 
-def topic_specs(settings: Settings) -> list[NewTopic]:
+MAX_REPLICATION_FACTOR = 3
+
+
+def auto_replication_factor(brokers: int) -> int:
+    """The replication factor on a cluster of ``brokers`` brokers: min(3, brokers), at least 1."""
+    return max(1, min(MAX_REPLICATION_FACTOR, brokers))
+
+
+def min_insync_replicas(replication_factor: int) -> int:
+    """2 of 3 (or more) copies must acknowledge a write (acks=all), so one broker may be down; else 1."""
+    return 2 if replication_factor >= 3 else 1
+
+
+def replication_configs(replication_factor: int) -> dict[str, str]:
+    """Topic configs that go with a replication factor. RF 1 keeps the broker's default (1 on a single
+    node), so ``topic_specs(settings)`` stays what deploy/'s topic script creates."""
+    if replication_factor <= 1:
+        return {}
+    return {"min.insync.replicas": str(min_insync_replicas(replication_factor))}
+
+
+def topic_specs(settings: Settings, replication_factor: int = 1) -> list[NewTopic]:
     t = topics_for(settings)
     n = settings.partitions
+    rf = replication_factor
     names = (
         t.raw_events,
         t.events_by_team,
@@ -36,32 +61,91 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
         t.ingestion_warnings,
         t.dead_letters,
     )
-    specs = [NewTopic(name, n, 1) for name in names]
+    configs = replication_configs(rf)
+    specs = [NewTopic(name, n, rf, topic_configs=dict(configs)) for name in names]
     # One partition gives the registry a total order, which the team-id ownership rule relies on.
-    specs.append(NewTopic(t.teams, 1, 1, topic_configs={"cleanup.policy": "compact"}))
+    specs.append(NewTopic(t.teams, 1, rf, topic_configs={"cleanup.policy": "compact", **configs}))
     return specs
 
 
-async def ensure_topics(settings: Settings, specs: Iterable[NewTopic] | None = None, timeout_s: float = 30) -> None:
-    """Create the project's topics if missing (idempotent; safe to race from several processes)."""
-    wanted = list(specs if specs is not None else topic_specs(settings))
+class TopicCreationError(RuntimeError):
+    """Kafka refused a topic (e.g. a replication factor above the number of brokers); not retried."""
+
+
+# The auto replication factor per bootstrap string, read from the cluster once per process.
+_resolved_rf: dict[str, int] = {}
+
+
+async def replication_factor(settings: Settings, admin: AIOKafkaAdminClient | None = None) -> int:
+    """EVENTPIPE_REPLICATION_FACTOR, or (auto) min(3, brokers the cluster's metadata reports).
+
+    Read once per process and bootstrap string, so ensure_topics and the processors' Faust app
+    (through :func:`resolved_replication_factor`) create their topics with the same value. The
+    metadata lists live brokers only: a cluster with a broker down at first start gets fewer copies.
+    """
+    if settings.replication_factor > 0:
+        return settings.replication_factor
+    cached = _resolved_rf.get(settings.kafka_bootstrap)
+    if cached is not None:
+        return cached
+    if admin is None:
+        return await _with_admin(settings, lambda a: replication_factor(settings, a))
+    brokers = len((await admin.describe_cluster())["brokers"])
+    rf = _resolved_rf[settings.kafka_bootstrap] = auto_replication_factor(brokers)
+    log.info("replication factor %d (auto: %d brokers at %s)", rf, brokers, settings.kafka_bootstrap)
+    return rf
+
+
+def resolved_replication_factor(settings: Settings) -> int:
+    """:func:`replication_factor` for sync code outside an event loop (the processors' build_app): the
+    value ensure_topics already read, else read now on a thread of its own (the caller's loop untouched)."""
+    if settings.replication_factor > 0:
+        return settings.replication_factor
+    cached = _resolved_rf.get(settings.kafka_bootstrap)
+    if cached is not None:
+        return cached
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, replication_factor(settings)).result()
+
+
+async def _with_admin(
+    settings: Settings, fn: Callable[[AIOKafkaAdminClient], Awaitable[T]], timeout_s: float = 30
+) -> T:
+    """``fn(admin)`` with a started admin client, retried while Kafka is unreachable."""
     deadline = time.monotonic() + timeout_s
     while True:
         admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10_000)
         try:
             await admin.start()
-            existing = set(await admin.list_topics())
-            missing = [s for s in wanted if s.name not in existing]
-            for spec in missing:
-                with contextlib.suppress(TopicAlreadyExistsError):
-                    await admin.create_topics([spec])
-            return
+            return await fn(admin)
         except KafkaError as exc:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"Kafka at {settings.kafka_bootstrap} unreachable: {exc!r}") from exc
             await asyncio.sleep(0.5)
         finally:
             await admin.close()
+
+
+async def ensure_topics(settings: Settings, specs: Iterable[NewTopic] | None = None, timeout_s: float = 30) -> None:
+    """Create the project's topics if missing (idempotent; safe to race from several processes), with
+    :func:`replication_factor` copies. Topics that exist are left as they are."""
+
+    async def create(admin: AIOKafkaAdminClient) -> None:
+        if specs is not None:
+            wanted = list(specs)
+        else:
+            wanted = topic_specs(settings, await replication_factor(settings, admin))
+        existing = set(await admin.list_topics())
+        for spec in wanted:
+            if spec.name in existing:
+                continue
+            response = await admin.create_topics([spec])
+            for topic, code, *message in response.topic_errors:
+                if code and code != TopicAlreadyExistsError.errno:
+                    detail = f"{for_code(code).__name__} {message[0] if message else ''}".rstrip()
+                    raise TopicCreationError(f"Kafka refused topic {topic} (RF {spec.replication_factor}): {detail}")
+
+    await _with_admin(settings, create, timeout_s)
 
 
 def producer(settings: Settings, **overrides: object) -> AIOKafkaProducer:

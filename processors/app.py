@@ -91,7 +91,7 @@ def build_app(settings: Settings) -> faust.App:
         store="memory://",
         processing_guarantee=PROCESSING_GUARANTEE,
         topic_partitions=settings.partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=settings.kafka_replication_factor(),
         key_serializer="raw",
         value_serializer="raw",
         producer_linger_ms=5,

@@ -73,9 +73,12 @@ class Stack:
         processors: int = 1,
         clickhouse_url: str | None = None,
         extra_env: dict[str, str] | None = None,
+        kafka: str | None = None,
     ) -> None:
         """``clickhouse_url``: another server than CLICKHOUSE, without database;
-        ``extra_env``: more variables for every stage (e.g. EVENTPIPE_CLICKHOUSE_CLUSTER)."""
+        ``extra_env``: more variables for every stage (e.g. EVENTPIPE_CLICKHOUSE_CLUSTER);
+        ``kafka``: another bootstrap string than KAFKA."""
+        self.kafka = kafka or KAFKA
         self.id = uuid.uuid4().hex[:10]
         self.prefix = f"t{self.id}_"
         self.home = tmp / f"stack-{self.id}"
@@ -85,7 +88,7 @@ class Stack:
         url = f"{self.clickhouse}/{self.database}"
         self.env = {
             **os.environ,
-            "EVENTPIPE_KAFKA_BOOTSTRAP": KAFKA,
+            "EVENTPIPE_KAFKA_BOOTSTRAP": self.kafka,
             "EVENTPIPE_CLICKHOUSE_URL": url,
             "EVENTPIPE_HOME": str(self.home),
             "EVENTPIPE_PORT": str(self.port),
@@ -172,7 +175,7 @@ class Stack:
     async def _read_topic(self, topic: str, expected: int, wait_s: float) -> list[dict[str, Any]]:
         from aiokafka import AIOKafkaConsumer
 
-        consumer = AIOKafkaConsumer(topic, bootstrap_servers=KAFKA, auto_offset_reset="earliest", group_id=None)
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=self.kafka, auto_offset_reset="earliest", group_id=None)
         await consumer.start()
         out: list[dict[str, Any]] = []
         try:
@@ -284,7 +287,7 @@ class Stack:
             client.disconnect()
 
     async def _delete_topics(self) -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.kafka)
         await admin.start()
         try:
             names = [t for t in await admin.list_topics() if t.startswith(self.prefix)]
