@@ -230,10 +230,13 @@ CONNECTIONS = web.AppKey("connections", Connections)
 # aiohttp's server options: after an early answer (401 before the body, 408, 413) aiohttp reads and
 # drops the rest of the body so the client sees the answer rather than a reset; 2 s of that, not 10,
 # or refused slow clients would hold their connection slots.
+# An idle keep-alive connection is closed after 75 s (aiohttp's default is an hour), so idle clients
+# do not hold the connection cap's slots (nginx and most load balancers use 60-75 s too).
 SERVER_KWARGS: dict[str, Any] = {
     "access_log": None,
     "handle_signals": False,
     "lingering_time": 2.0,
+    "keepalive_timeout": 75.0,
 }
 
 
