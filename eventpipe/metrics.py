@@ -72,8 +72,18 @@ class GatewayMetrics:
             "eventpipe_gateway_produce_seconds", "Time from publish to Kafka acknowledging a request's events."
         )
 
-    def render(self) -> str:
-        return render(self.requests, self.events, self.bytes, self.errors, self.produce_latency)
+    def render(self, open_connections: int = 0, refused: int = 0, header_timeouts: int = 0) -> str:
+        """The counters above, plus the connection guard's figures (gateway/server.py)."""
+        conns = Gauge("eventpipe_gateway_open_connections", "Client connections open now.", "listener")
+        conns.set("capture", open_connections)
+        dropped = Counter(
+            "eventpipe_gateway_connections_dropped_total",
+            "Connections answered and closed by the guard: over the cap (503) or headers too slow (408).",
+            "reason",
+        )
+        dropped.inc("over_cap", refused)
+        dropped.inc("header_timeout", header_timeouts)
+        return render(self.requests, self.events, self.bytes, self.errors, self.produce_latency, conns, dropped)
 
 
 class SinkMetrics:

@@ -248,7 +248,11 @@ async def openapi(_request: web.Request) -> web.Response:
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
-    return web.Response(text=request.app[METRICS].render(), content_type="text/plain")
+    conns = request.app.get(server.CONNECTIONS)
+    figures = {} if conns is None else {
+        "open_connections": len(conns), "refused": conns.refused, "header_timeouts": conns.header_timeouts
+    }  # fmt: skip
+    return web.Response(text=request.app[METRICS].render(**figures), content_type="text/plain")
 
 
 async def _on_startup(app: web.Application) -> None:
