@@ -1154,3 +1154,13 @@ def test_a_cancelled_batch_is_held_without_crashing() -> None:
     acked, raised = _take_events_batch(app, events, body)
     assert acked == [] and isinstance(raised, asyncio.CancelledError)
     assert app.crashed == []
+
+
+def test_a_replayed_creation_makes_the_same_person() -> None:
+    """A restored state that lacks a person whose rows were already sent (crash before the changelog
+    write) re-creates it with the same id: no second, orphan person in ClickHouse."""
+    first, _ = process_with_persons(identify("u", "anon"), TEAM, new_state())
+    replayed, _ = process_with_persons(identify("u", "anon"), TEAM, new_state())
+    assert first.events[0]["person_id"] == replayed.events[0]["person_id"]
+    other_team, _ = process_with_persons(identify("u", "anon"), TEAM + 1, new_state())
+    assert other_team.events[0]["person_id"] != first.events[0]["person_id"]
