@@ -8,14 +8,19 @@ decided by one agent instance, in one order, whatever partitions its ids came fr
 Both agents take events in small batches (``take_events``): the rows of a batch are sent with a plain
 aiokafka producer and their acks awaited before the loop body returns, i.e. before Faust may ack and
 commit the batch's offsets; Faust flushes its own producer (the table changelog) before each commit.
-So processing is at-least-once, and the ``persons`` agent makes replays harmless with a per-team
-watermark of applied offsets (see docs/identity.md).
+``take_events`` acks a batch in a ``finally``, also when the body raised or was cancelled, so a batch
+whose rows were not all written is held (:func:`written_or_held`) and the worker crashes: its offsets
+stay uncommitted and the events are read again after the restart. So processing is at-least-once,
+and the ``persons`` agent makes replays harmless with a per-team watermark of applied offsets (see
+docs/identity.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import faust
@@ -35,6 +40,12 @@ log = logging.getLogger("eventpipe.processors")
 PROCESSING_GUARANTEE = "at_least_once"
 BATCH = 1000
 BATCH_WINDOW_S = 0.02
+# Faust's default session timeout is 60 s: after a worker is SIGKILLed the group's rebalance waits that
+# long for the dead member, and with eager rebalancing every partition of every worker stalls meanwhile
+# (58 s measured in tests/test_it_identity.py's kill test). The heartbeat runs on the consumer's own
+# thread, so a busy agent does not starve it.
+SESSION_TIMEOUT_S = 10.0
+HEARTBEAT_INTERVAL_S = 1.0
 
 
 def _dumps(obj: object) -> bytes:
@@ -61,6 +72,67 @@ class Outbox:
 
 
 MAX_ENVELOPE_BYTES = 512 * 1024  # well under Kafka's default 1 MB message limit
+
+
+class TakenEvent(faust.Event):
+    """A Faust event whose ack counts only if an agent took it (the app's ``Event`` class).
+
+    faust-streaming's Stream skips a message that reaches it while a rebalance is under way (flow
+    control suspended, or fetched under the previous generation) and acks it anyway, "otherwise the
+    lag would increase": its offset became committable though no agent saw it, and a worker that kept
+    the partition committed past it - the event was lost (raw offset 5 of a partition the surviving
+    worker kept never reached events_by_team, while the group's committed offset moved to the end).
+    The agents mark each event they take (:func:`taking`); the ack of an event never taken is
+    ignored, so its offset stays uncommitted and the seek to committed offsets that ends every
+    rebalance reads it again.
+    """
+
+    __slots__ = ("taken",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.taken = False
+
+    def ack(self) -> bool:
+        if not self.taken:
+            return False
+        return bool(super().ack())
+
+
+def taking(stream: faust.StreamT) -> faust.StreamT:
+    """Mark every event ``stream`` hands to the agent as taken (a processor runs before take_events'
+    buffer sees the event; a message the stream skips never gets here)."""
+
+    def mark(value: Any) -> Any:
+        event = stream.current_event
+        if isinstance(event, TakenEvent):
+            event.taken = True
+        return value
+
+    stream.add_processor(mark)
+    return stream
+
+
+@asynccontextmanager
+async def written_or_held(app: faust.App, events: Sequence[faust.EventT]) -> AsyncIterator[None]:
+    """The body of one ``take_events`` batch: its offsets become committable only if it completes.
+
+    ``take_events`` acks every event of the batch in a ``finally``, also when the body raised (e.g. the
+    outbox flush failed) or was cancelled half-way (a shutdown), and Faust then commits offsets of rows
+    that were never written. On any exception one more reference is taken on each message, so that
+    ack is not the last one: the offsets stay uncommitted (a commit stops at the first one). Unless it
+    is a cancellation (the worker is stopping anyway), the worker is crashed: it exits non-zero, the
+    supervisor restarts it, and the held events are read again, not lost.
+    """
+    try:
+        yield
+    except BaseException as exc:
+        for event in events:
+            event.message.incref()
+        if not isinstance(exc, asyncio.CancelledError):
+            log.error("batch of %d events not written, their offsets stay uncommitted: %r", len(events), exc)
+            await app.crash(exc)
+        raise
 
 
 def team_envelopes(team_id: int, values: list[bytes]) -> list[bytes]:
@@ -97,9 +169,12 @@ def build_app(settings: Settings) -> faust.App:
         producer_linger_ms=5,
         broker_commit_every=10_000,
         broker_commit_interval=0.2,
+        broker_session_timeout=SESSION_TIMEOUT_S,
+        broker_heartbeat_interval=HEARTBEAT_INTERVAL_S,
         stream_buffer_maxsize=8192,
         table_standby_replicas=0,
         web_enabled=False,
+        Event=TakenEvent,
         datadir=str(settings.home / "faust"),
     )
     raw_topic = app.topic(topics.raw_events, key_type=bytes, value_type=bytes)
@@ -133,51 +208,59 @@ def build_app(settings: Settings) -> faust.App:
 
     @app.agent(raw_topic)
     async def route(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(BATCH, within=BATCH_WINDOW_S):
-            out = await outbox()
-            by_team_batch: dict[int, list[bytes]] = {}
-            for event in events:
-                value = event.value
-                try:
-                    raw = RawEvent.from_json(value)
-                except (ValueError, TypeError) as exc:
-                    await dead(out, f"unparseable raw event: {exc}", value, event.key)
-                    continue
-                team_id = registry.team_id(raw.token)
-                if team_id is None:
-                    team_id = await registry.resolve(raw.token)  # only unknown keys wait for a catch-up
-                if team_id is None:
-                    await out.rows(topics.ingestion_warnings, unknown_team(raw).warnings)
-                    continue
-                by_team_batch.setdefault(team_id, []).append(value)
-            for team_id, values in by_team_batch.items():
-                for envelope in team_envelopes(team_id, values):
-                    await out.send(topics.events_by_team, envelope, str(team_id).encode())
-            await out.flush()
+        async for events in taking(stream).take_events(BATCH, within=BATCH_WINDOW_S):
+            async with written_or_held(app, events):
+                await route_batch(events)
+
+    async def route_batch(events: Sequence[faust.EventT]) -> None:
+        out = await outbox()
+        by_team_batch: dict[int, list[bytes]] = {}
+        for event in events:
+            value = event.value
+            try:
+                raw = RawEvent.from_json(value)
+            except (ValueError, TypeError) as exc:
+                await dead(out, f"unparseable raw event: {exc}", value, event.key)
+                continue
+            team_id = registry.team_id(raw.token)
+            if team_id is None:
+                team_id = await registry.resolve(raw.token)  # only unknown keys wait for a catch-up
+            if team_id is None:
+                await out.rows(topics.ingestion_warnings, unknown_team(raw).warnings)
+                continue
+            by_team_batch.setdefault(team_id, []).append(value)
+        for team_id, values in by_team_batch.items():
+            for envelope in team_envelopes(team_id, values):
+                await out.send(topics.events_by_team, envelope, str(team_id).encode())
+        await out.flush()
 
     @app.agent(by_team)
     async def persons(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(BATCH, within=BATCH_WINDOW_S):
-            out = await outbox()
-            for event in events:
-                try:
-                    envelope = ujson.loads(event.value)
-                    team_id = int(envelope["team_id"])
-                    raws = envelope["raws"]
-                except (ValueError, KeyError, TypeError) as exc:
-                    await dead(out, f"unparseable team envelope: {exc!r}", event.value, event.key)
+        async for events in taking(stream).take_events(BATCH, within=BATCH_WINDOW_S):
+            async with written_or_held(app, events):
+                await persons_batch(stream, events)
+
+    async def persons_batch(stream: faust.StreamT, events: Sequence[faust.EventT]) -> None:
+        out = await outbox()
+        for event in events:
+            try:
+                envelope = ujson.loads(event.value)
+                team_id = int(envelope["team_id"])
+                raws = envelope["raws"]
+            except (ValueError, KeyError, TypeError) as exc:
+                await dead(out, f"unparseable team envelope: {exc!r}", event.value, event.key)
+                continue
+            results = apply_envelope(stream, event, team_id, raws)
+            for rows, emitted, failed in results:
+                if failed is not None:
+                    await dead(out, failed, rows, event.key)
                     continue
-                results = apply_envelope(stream, event, team_id, raws)
-                for rows, emitted, failed in results:
-                    if failed is not None:
-                        await dead(out, failed, rows, event.key)
-                        continue
-                    await out.rows(topics.person_distinct_ids, emitted.distinct_ids, "distinct_id")
-                    await out.rows(topics.persons, emitted.persons, "id")
-                    await out.rows(topics.groups, emitted.groups, "group_key")
-                    await out.rows(topics.events, rows.events, "uuid")
-                    await out.rows(topics.ingestion_warnings, rows.warnings)
-            await out.flush()
+                await out.rows(topics.person_distinct_ids, emitted.distinct_ids, "distinct_id")
+                await out.rows(topics.persons, emitted.persons, "id")
+                await out.rows(topics.groups, emitted.groups, "group_key")
+                await out.rows(topics.events, rows.events, "uuid")
+                await out.rows(topics.ingestion_warnings, rows.warnings)
+        await out.flush()
 
     def apply_envelope(stream: faust.StreamT, event: Any, team_id: int, raws: list[Any]) -> list[Any]:
         """Apply one envelope's events to the team state, synchronously.

@@ -101,6 +101,33 @@ def changelog_mapping(stack: Stack, team_id: int) -> dict[str, str]:
     return {k[len(prefix) :]: v["person_id"] for k, v in table.items() if k.startswith(prefix) and v}
 
 
+def stored_events(stack: Stack, where: str) -> dict[str, int]:
+    """Rows, distinct uuids and rows after FINAL (ReplacingMergeTree's merge, applied at query time) of
+    the events matching ``where``."""
+    rows = stack.sql(
+        "SELECT count() AS rows, uniqExact(uuid) AS uuids, any(team_id) AS team, "
+        f"(SELECT count() FROM events FINAL WHERE {where}) AS final FROM events WHERE {where}"
+    )
+    return {k: int(v) for k, v in rows[0].items()}
+
+
+def poll_all_stored(stack: Stack, where: str, expected: int, timeout: float, **kwargs: Any) -> dict[str, int]:
+    """Wait until every event (by uuid) is stored; at-least-once may have stored some twice, the copies
+    have the same uuid and sorting key and FINAL must leave exactly one row per event."""
+
+    def complete() -> dict[str, int] | None:
+        counts = stored_events(stack, where)
+        return counts if counts["uuids"] == expected else None
+
+    try:
+        stored = poll(complete, timeout=timeout, what=f"all {expected} events in ClickHouse", **kwargs)
+    except AssertionError as exc:
+        stack.dump_logs()
+        raise AssertionError(f"{exc}; stored: {stored_events(stack, where)}") from None
+    assert stored["final"] == expected, stored
+    return stored
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
 def test_chain_across_partitions_ends_in_one_person(two_workers: Stack, seed: int) -> None:
     stack = two_workers
@@ -131,14 +158,8 @@ def test_chain_across_partitions_ends_in_one_person(two_workers: Stack, seed: in
     assert props["email"] == "u@example.com" and props["first_seen"] == "anon"
     assert int(persons[0]["is_identified"]) == 1
 
-    def stored() -> int:
-        return int(stack.sql(f"SELECT count() AS n FROM events WHERE team_id = {team_id}")[0]["n"])
-
-    try:
-        poll(lambda: stored() == len(events), timeout=30, what="all events in ClickHouse")
-    except AssertionError:
-        assert stored() == len(events)  # says how many are stored
-        raise
+    # At-least-once: a rebalance of the two workers may re-emit an event (same uuid, one row after FINAL).
+    poll_all_stored(stack, f"team_id = {team_id}", len(events), timeout=30)
     # The Faust table (its changelog) agrees with ClickHouse.
     table = changelog_mapping(stack, team_id)
     assert {table[anon], table[user], table[alias]} == {person_id}
@@ -162,11 +183,8 @@ def test_worker_killed_mid_stream_changes_nothing(two_workers: Stack) -> None:
             stack.kill("processor", only_one=True)
             stack.spawn("processor")
 
-    def settled() -> int | None:
-        rows = stack.sql("SELECT uniqExact(uuid) AS n, any(team_id) AS team FROM events WHERE distinct_id LIKE 'k-%'")
-        return int(rows[0]["team"]) if int(rows[0]["n"]) == len(per_id) else None
-
-    team_id = poll(settled, timeout=180, interval=1, what="every event once")
+    stored = poll_all_stored(stack, "distinct_id LIKE 'k-%'", len(per_id), timeout=180, interval=1)
+    team_id = stored["team"]
 
     def mapped() -> list[dict[str, Any]] | None:
         rows = stack.sql(

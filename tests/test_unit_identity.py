@@ -6,6 +6,7 @@ The rules under test are PostHog's, as written down in the shared ingestion refe
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import itertools
 import json
@@ -1058,3 +1059,108 @@ def test_crash_prefix_of_a_merge_then_more_merges(case: str, follow_up: Any) -> 
     setup, make = MERGE_CASES[case]
     for k, clean, crashed in _crash_runs(setup, make(), follow_up()):
         assert partition(crashed) == partition(clean), f"after {k} writes"
+
+
+# -- the agents' batches: offsets committable only once the batch's rows are written -------------------------
+
+
+class _Consumer:
+    """What Message.ack reports the final ack to (Faust's consumer marks the offset committable)."""
+
+    def __init__(self) -> None:
+        self.acked: list[int] = []
+
+    def ack(self, message: Any) -> bool:
+        self.acked.append(message.offset)
+        return True
+
+
+class _App:
+    def __init__(self) -> None:
+        self.crashed: list[BaseException] = []
+
+    async def crash(self, reason: BaseException) -> None:
+        self.crashed.append(reason)
+
+
+@dataclass
+class _Event:
+    message: Any
+
+
+def _delivered(offsets: Iterable[int]) -> list[_Event]:
+    from faust.types.tuples import ConsumerMessage
+
+    events = []
+    for offset in offsets:
+        message = ConsumerMessage("events_by_team", 0, offset, 0.0, 0, None, b"k", b"v", None)
+        message.incref()  # the conductor's reference: one channel (the agent's stream)
+        events.append(_Event(message))
+    return events
+
+
+def _take_events_batch(app: _App, events: list[_Event], body: Any) -> tuple[list[int], BaseException | None]:
+    """Like Faust's take_events: the body runs inside written_or_held, the batch is acked in a finally.
+    Returns the offsets acked (committable) and what the body raised out of the loop."""
+    from processors.app import written_or_held
+
+    consumer = _Consumer()
+
+    async def run() -> None:
+        try:
+            async with written_or_held(app, events):  # type: ignore[arg-type]
+                await body()
+        finally:
+            for event in events:
+                event.message.ack(consumer)
+
+    try:
+        asyncio.run(run())
+    except BaseException as exc:
+        return consumer.acked, exc
+    return consumer.acked, None
+
+
+def test_a_written_batch_is_acked() -> None:
+    app, events = _App(), _delivered(range(3))
+
+    async def body() -> None:
+        await asyncio.sleep(0)
+
+    assert _take_events_batch(app, events, body) == ([0, 1, 2], None)
+    assert app.crashed == []
+
+
+def test_a_batch_whose_flush_failed_is_held_and_the_worker_crashes() -> None:
+    """take_events acks in a finally: without the hold, a failed outbox flush committed rows never written."""
+    from aiokafka.errors import KafkaTimeoutError
+
+    app, events = _App(), _delivered(range(3))
+    failure = KafkaTimeoutError("send timed out")
+
+    async def body() -> None:
+        raise failure
+
+    assert _take_events_batch(app, events, body) == ([], failure)
+    assert app.crashed == [failure]
+
+
+def test_a_cancelled_batch_is_held_without_crashing() -> None:
+    app, events = _App(), _delivered(range(2))
+
+    async def body() -> None:
+        raise asyncio.CancelledError
+
+    acked, raised = _take_events_batch(app, events, body)
+    assert acked == [] and isinstance(raised, asyncio.CancelledError)
+    assert app.crashed == []
+
+
+def test_a_replayed_creation_makes_the_same_person() -> None:
+    """A restored state that lacks a person whose rows were already sent (crash before the changelog
+    write) re-creates it with the same id: no second, orphan person in ClickHouse."""
+    first, _ = process_with_persons(identify("u", "anon"), TEAM, new_state())
+    replayed, _ = process_with_persons(identify("u", "anon"), TEAM, new_state())
+    assert first.events[0]["person_id"] == replayed.events[0]["person_id"]
+    other_team, _ = process_with_persons(identify("u", "anon"), TEAM + 1, new_state())
+    assert other_team.events[0]["person_id"] != first.events[0]["person_id"]
