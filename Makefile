@@ -49,7 +49,7 @@ test: $(STAMP)
 chaos: $(STAMP)
 	bash deploy/local/kafka.sh start
 	bash deploy/local/clickhouse.sh start
-	$(BIN)/pytest -q -m "" tests/test_it_chaos.py tests/test_it_kafka_cluster.py
+	$(BIN)/pytest -q -m "" tests/test_it_chaos.py tests/test_it_kafka_cluster.py tests/test_it_identity.py
 
 unit: $(STAMP)
 	$(BIN)/pytest -q -m "not integration"

@@ -165,6 +165,10 @@ def test_chain_across_partitions_ends_in_one_person(two_workers: Stack, seed: in
     assert {table[anon], table[user], table[alias]} == {person_id}
 
 
+# Known to lose 1-7 of 1200 events in about 1 run of 7 (docs/identity.md, "Open defect": faust-streaming
+# commits past one offset it dropped around a rebalance). A test that fails at random is not allowed in
+# `make test`; this one runs in `make chaos` until issue #11 replaces that path. Not retried anywhere.
+@pytest.mark.chaos
 def test_worker_killed_mid_stream_changes_nothing(two_workers: Stack) -> None:
     """SIGKILL one of the two workers while users are being merged; restart it. Every user still ends
     as exactly one person holding its three ids, and every event is in ClickHouse once (by uuid)."""
