@@ -141,10 +141,25 @@ class Stack:
         try:
             poll(self._gateway_ready, 60, 0.2, "gateway /_ready")
             poll(lambda: (run / "processor.ready").exists() and (run / "sink.ready").exists(), 90, 0.2, "consumers")
+            if self.n_processors > 1:
+                # The ready marker is the first worker's; tests of identity across workers start once all
+                # of them are in the group (a join mid-test is a rebalance, which the kill test covers).
+                group = topics_for(self.settings).group("processors")
+                poll(lambda: asyncio.run(self._members(group)) == self.n_processors, 90, 0.5, "all workers joined")
         except AssertionError:
             self.dump_logs()
             raise
         return self
+
+    async def _members(self, group: str) -> int:
+        """Members of a consumer group once it is Stable (0 while it rebalances)."""
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.kafka)
+        await admin.start()
+        try:
+            [described] = (await admin.describe_consumer_groups([group]))[0].to_object()["groups"]
+            return len(described["members"]) if described["state"] == "Stable" else 0
+        finally:
+            await admin.close()
 
     def add_gateway(self) -> str:
         """Another gateway process on its own port (scale-out); returns its base URL once ready."""
