@@ -58,24 +58,22 @@ async def _clickhouse_down(chaos: ChaosStack, seconds: float, second_sink: bool)
         await asyncio.to_thread(local_service, "clickhouse", "start")
 
 
-@pytest.mark.chaos
 @pytest.mark.timeout(900)
-def test_clickhouse_down_for_a_minute(kafka: str, clickhouse_server: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("case", "second_sink"),
+    [
+        pytest.param("(e) ClickHouse down 60 s", False, marks=pytest.mark.chaos),  # sink faults test covers it
+        ("(f) 2nd sink joins+leaves, ClickHouse down 60 s", True),
+    ],
+)
+def test_clickhouse_down_for_a_minute(
+    kafka: str, clickhouse_server: str, tmp_path: Path, case: str, second_sink: bool
+) -> None:
     async def fault(chaos: ChaosStack) -> None:
-        await _clickhouse_down(chaos, 60, second_sink=False)
+        await _clickhouse_down(chaos, 60, second_sink=second_sink)
 
     with ChaosStack(tmp_path) as chaos:
-        result = chaos.run_case("(e) ClickHouse down 60 s", fault)
-        assert result.ok, result.line()
-
-
-@pytest.mark.timeout(900)
-def test_a_second_sink_joins_and_leaves_during_an_outage(kafka: str, clickhouse_server: str, tmp_path: Path) -> None:
-    async def fault(chaos: ChaosStack) -> None:
-        await _clickhouse_down(chaos, 60, second_sink=True)
-
-    with ChaosStack(tmp_path) as chaos:
-        result = chaos.run_case("(f) 2nd sink joins+leaves, ClickHouse down 60 s", fault)
+        result = chaos.run_case(case, fault)
         assert result.ok, result.line()
 
 
