@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import inspect
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,6 +24,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from tests.procs import descendants, peak_rss_kib
+from tests.stack import free_port
 
 HERE = Path(__file__).resolve().parent.parent
 
@@ -66,39 +68,6 @@ def _child(root: str, port: int) -> None:
         app[gw.PRODUCER] = Producer()  # type: ignore[misc]
         app[gw.REGISTRY] = Registry()  # type: ignore[misc]
         web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
-
-
-def _hwm_kb(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def _children(pid: int) -> list[int]:
-    """Every descendant (decode workers are children of the forkserver, a child of the gateway)."""
-    out: list[int] = []
-    try:
-        tasks = list(Path(f"/proc/{pid}/task").iterdir())
-    except OSError:
-        return out
-    for task in tasks:
-        try:
-            direct = [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            continue
-        for child in direct:
-            out += [child, *_children(child)]
-    return out
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _post(url: str, body: bytes, headers: dict[str, str], timeout: float = 120) -> tuple[int, bytes]:
@@ -157,7 +126,7 @@ def main() -> None:
         return
     from tests.hostile import measured_bombs
 
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.measure_bombs", "--root", args.root, "--child", str(port)],
         cwd=HERE,
@@ -175,17 +144,17 @@ def main() -> None:
                     raise
                 time.sleep(0.1)
         time.sleep(1.0)  # let decode workers start
-        print(f"gateway {args.root}: start RSS {_hwm_kb(proc.pid) / 1024:.0f} MB")
+        print(f"gateway {args.root}: start RSS {peak_rss_kib(proc.pid, missing_ok=True) / 1024:.0f} MB")
         only = set(filter(None, args.only.split(",")))
         for name, path, body, headers in measured_bombs():
             if only and name not in only:
                 continue
             r = asyncio.run(_measure(base, path, body, headers, args.repeat))
-            workers = [_hwm_kb(c) for c in _children(proc.pid)]
+            workers = [peak_rss_kib(c, missing_ok=True) for c in descendants(proc.pid)]
             print(
                 f"{name:28} {len(body) / 1024:8.0f} KB -> {r['status']} in {r['seconds'] * 1000:7.0f} ms; "
                 f"/_health max {r['health_max'] * 1000:6.0f} ms p99 {r['health_p99'] * 1000:6.0f} ms; "
-                f"peak RSS gateway {_hwm_kb(proc.pid) / 1024:5.0f} MB, workers "
+                f"peak RSS gateway {peak_rss_kib(proc.pid, missing_ok=True) / 1024:5.0f} MB, workers "
                 f"{'+'.join(f'{w / 1024:.0f}' for w in workers) or '-'} MB  {r['detail']!r}"
             )
     finally:

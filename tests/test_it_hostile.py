@@ -11,30 +11,11 @@ import http.client
 import statistics
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from tests import hostile
+from tests.procs import descendants, peak_rss_kib
 from tests.stack import Stack
-
-
-def hwm_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def descendants(pid: int) -> list[int]:
-    out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            children = [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            continue
-        for child in children:
-            out += [child, *descendants(child)]
-    return out
 
 
 def probe(port: int, stop: threading.Event, latencies: list[float]) -> None:
@@ -79,7 +60,7 @@ def test_bombs_are_refused_or_stored_without_stalling(gateway: Stack, api_key: s
         if status >= 400:
             assert set(body) == {"type", "code", "detail", "attr"}
 
-    rss = {"gateway": hwm_mb(pid), **{f"child {c}": hwm_mb(c) for c in descendants(pid)}}
+    rss = {"gateway": peak_rss_kib(pid) / 1024, **{f"child {c}": peak_rss_kib(c) / 1024 for c in descendants(pid)}}
     p99 = statistics.quantiles(latencies, n=100, method="inclusive")[98]
     print(f"peak RSS MB {rss}; /_health p99 {p99 * 1000:.1f} ms max {max(latencies) * 1000:.1f} ms "
           f"over {len(latencies)} probes")

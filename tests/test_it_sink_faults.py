@@ -13,6 +13,7 @@ import pytest
 import ujson
 
 from eventpipe.contract import EVENT_ROW_COLUMNS
+from tests.procs import peak_rss_kib
 from tests.stack import KAFKA, ROOT, Stack, poll, topics
 
 N = 100_000
@@ -62,13 +63,6 @@ def _clickhouse(action: str) -> None:
     subprocess.run(["bash", str(ROOT / "deploy/local/clickhouse.sh"), action], check=True, timeout=120)
 
 
-def _peak_rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return 0
-
-
 @pytest.mark.timeout(900)
 def test_clickhouse_down_for_a_minute(kafka: str, clickhouse_server: str, tmp_path: Path) -> None:
     stack = Stack(tmp_path).start()
@@ -89,7 +83,7 @@ def test_clickhouse_down_for_a_minute(kafka: str, clickhouse_server: str, tmp_pa
             _clickhouse("start")
         poll(lambda: count(stack, "uniqExact(uuid)") == sent, timeout=300, interval=1, what="backlog drained")
         assert count(stack, final=True) == sent
-        peak = _peak_rss_kib(stack.pid("sink"))
+        peak = peak_rss_kib(stack.pid("sink"))
         print(f"sink peak RSS during a 60 s ClickHouse outage with {sent} events: {peak / 1024:.0f} MiB")
         assert peak < 1024 * 1024, "sink memory should stay bounded (< 1 GiB)"
     finally:
