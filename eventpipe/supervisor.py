@@ -216,11 +216,7 @@ class LocalClickHouse:
         return server if server.alive() else None  # not started by the scripts: not ours to watch
 
     def alive(self) -> bool:
-        try:
-            os.kill(int(self.pidfile.read_text().strip()), 0)
-            return True
-        except (OSError, ValueError):
-            return False
+        return _alive(self.pidfile)
 
     def log_tail(self) -> list[str]:
         try:

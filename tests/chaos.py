@@ -11,7 +11,6 @@ no one touches the stack — until ClickHouse holds every uuid, then counts rows
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import aiohttp
 
+from eventpipe import status
 from tests.stack import ROOT, Stack, poll
 
 RESULTS: list[CaseResult] = []  # printed as one table at the end of the run (conftest.py)
@@ -56,11 +56,8 @@ class CaseResult:
 
 
 def stage_pids(stack: Stack) -> dict[str, int]:
-    """The supervisor's record of its children."""
-    try:
-        return {k: int(v) for k, v in json.loads((stack.home / "run" / "stages.json").read_text()).items()}
-    except (OSError, ValueError):
-        return {}
+    """The supervisor's record of its children (what `eventpipe status` reads)."""
+    return status.stage_pids(stack.settings)
 
 
 def local_service(script: str, action: str) -> None:

@@ -3,7 +3,6 @@ it; a stage that keeps failing makes it give up, saying which and why; SIGTERM s
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -11,14 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.chaos import stage_pids
 from tests.stack import Stack, poll
-
-
-def stage_pids(stack: Stack) -> dict[str, int]:
-    try:
-        return {k: int(v) for k, v in json.loads((stack.home / "run" / "stages.json").read_text()).items()}
-    except (OSError, ValueError):
-        return {}
 
 
 def alive(pid: int) -> bool:
