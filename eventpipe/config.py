@@ -149,12 +149,6 @@ class Settings:
     # Replication factor of the topics eventpipe and Faust create; 0 = auto: min(3, brokers in the cluster).
     replication_factor: int = 0
 
-    def kafka_replication_factor(self) -> int:
-        """The replication factor to create topics with (eventpipe.kafka.resolved_replication_factor)."""
-        from eventpipe.kafka import resolved_replication_factor
-
-        return resolved_replication_factor(self)
-
     def local_server(self) -> Any:
         """The local ClickHouse server's description, or None when it was never started here."""
         from clickhouse.local_server import LocalServer

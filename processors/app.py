@@ -29,7 +29,7 @@ from aiokafka import AIOKafkaProducer
 
 from eventpipe.config import Settings
 from eventpipe.contract import RawEvent, dead_letter, now_ts
-from eventpipe.kafka import RegistryReader, ensure_topics, producer, topics_for
+from eventpipe.kafka import RegistryReader, ensure_topics, producer, resolved_replication_factor, topics_for
 from eventpipe.supervisor import clear_ready, mark_ready
 from processors.identity import State
 from processors.transform import already_applied, process_with_persons, replay_rows, unknown_team
@@ -163,7 +163,7 @@ def build_app(settings: Settings) -> faust.App:
         store="memory://",
         processing_guarantee=PROCESSING_GUARANTEE,
         topic_partitions=settings.partitions,
-        topic_replication_factor=settings.kafka_replication_factor(),
+        topic_replication_factor=resolved_replication_factor(settings),
         key_serializer="raw",
         value_serializer="raw",
         producer_linger_ms=5,

@@ -64,7 +64,6 @@ def test_explicit_setting_needs_no_cluster() -> None:
     settings = Settings(kafka_bootstrap="127.0.0.1:1", replication_factor=2)  # nothing listens there
     assert asyncio.run(kafka.replication_factor(settings)) == 2
     assert kafka.resolved_replication_factor(settings) == 2
-    assert settings.kafka_replication_factor() == 2
 
 
 def test_auto_is_read_once_per_bootstrap(monkeypatch: pytest.MonkeyPatch) -> None:
