@@ -1,7 +1,7 @@
 """A three-broker Kafka (deploy/local/kafka.sh, EVENTPIPE_LOCAL_KAFKA_BROKERS=3): one broker SIGKILLed
 while events stream through the gateway, restarted ~10 s later; every event ends up in ClickHouse once.
 
-The cluster runs on its own ports (EVENTPIPE_TEST_KAFKA_CLUSTER_PORT, default 39092..39094, controllers
+The cluster runs on its own ports (EVENTPIPE_TEST_KAFKA_CLUSTER_PORT, default 24092..24094, controllers
 +100) and directory (a pytest temp dir, or EVENTPIPE_TEST_KAFKA_CLUSTER_DIR), started once for the module
 and stopped at its end; the ClickHouse is the local server the other integration tests use. Select it with
 ``-m chaos``; EVENTPIPE_TEST_CHAOS_EVENTS changes the number of events (default 20000).
@@ -32,7 +32,9 @@ pytestmark = [pytest.mark.chaos, pytest.mark.timeout(600)]
 
 ROOT = Path(__file__).resolve().parent.parent
 KAFKA_SH = ROOT / "deploy" / "local" / "kafka.sh"
-PORT = int(os.environ.get("EVENTPIPE_TEST_KAFKA_CLUSTER_PORT", "39092"))
+# Below the kernel's ephemeral range (32768-60999): a port in it can be taken by any outgoing
+# connection on the machine, which made the cluster fail to bind (seen: controller port 39192).
+PORT = int(os.environ.get("EVENTPIPE_TEST_KAFKA_CLUSTER_PORT", "24092"))
 EVENTS = int(os.environ.get("EVENTPIPE_TEST_CHAOS_EVENTS", "20000"))
 BATCH = 200
 STREAM_SECONDS = 35.0  # paced, so that the kill and the restart (~10 s of JVM start) both fall inside the stream
