@@ -117,7 +117,6 @@ from processors.identity import (
 )
 from processors.transform import _js_string
 
-MERGE_EVENTS = ("$identify", "$create_alias", "$merge_dangerously")
 Stamp = tuple[str, str, int]  # (timestamp, uuid, rank within the event)
 SET_ONCE, SET, UNSET = 0, 1, 2
 
@@ -321,7 +320,7 @@ class PersonView:
     distinct_ids: frozenset[str]
 
 
-Warning = tuple[int, str, dict[str, Any]]
+WarningRow = tuple[int, str, dict[str, Any]]
 
 
 @dataclass
@@ -330,7 +329,7 @@ class Outcome:
     persons: dict[str, PersonView]
     groups: dict[tuple[int, int, str], dict[str, Any]]
     group_types: dict[int, dict[str, int]]
-    warnings: list[Warning]
+    warnings: list[WarningRow]
     event_person: dict[str, str]  # uuid -> person id in the final mapping (events that got a row)
     event_groups: dict[str, tuple[str, ...]]  # uuid -> $group_0..4 of the row
     _team_of_uuid: dict[str, int] = field(default_factory=dict, repr=False)
@@ -414,7 +413,7 @@ class Model:
 
     def __init__(self, new_person_of: NewPersonOf = "source") -> None:
         self.teams: dict[int, _Team] = defaultdict(_Team)
-        self.warnings: list[Warning] = []
+        self.warnings: list[WarningRow] = []
         self.rows: dict[str, tuple[int, str, bool]] = {}  # uuid -> (team, distinct id, personless)
         self.row_groups: dict[str, tuple[str, ...]] = {}
         self.new_person_of = new_person_of
@@ -690,41 +689,58 @@ GROUP_TYPES = ("company", "project", "org", "team", "store", "region", "shard")
 GROUP_KEYS = ("g1", "g2", "x" * (MAX_GROUP_KEY + 1))
 
 
-def _ts(seconds: int) -> str:
+def ts_at(seconds: int) -> str:
     return format_ts(BASE_TIME + timedelta(seconds=seconds))
 
 
-def _values() -> st.SearchStrategy[dict[str, Any]]:
-    return st.dictionaries(st.sampled_from(KEYS), st.sampled_from(VALUES), min_size=1, max_size=2)
+KINDS = ("plain",) * 5 + ("identify",) * 3 + ("alias", "dangerous", "groupidentify", "personless")
 
 
-@st.composite
-def _ops(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, Any]]:
+class _Bits:
+    """Decodes one drawn integer into an event's choices (one Hypothesis draw per event keeps generation
+    fast, and shrinking the integer towards 0 shrinks the event towards a plain one)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def take(self, k: int) -> int:
+        self.n, r = divmod(self.n, k)
+        return r
+
+    def pick(self, options: Sequence[Any]) -> Any:
+        return options[self.take(len(options))]
+
+    def one_in(self, k: int) -> bool:
+        return self.take(k) == k - 1
+
+
+def _values(bits: _Bits, min_size: int = 1) -> dict[str, Any]:
+    return {bits.pick(KEYS): bits.pick(VALUES) for _ in range(min_size + bits.take(3 - min_size))}
+
+
+def _ops(bits: _Bits) -> tuple[dict[str, Any], dict[str, Any]]:
     """Person operations as (in properties, at the top level); both empty most of the time. Some are
-    malformed on purpose (a list for $set, an $unset dict) and some are sent in both places."""
+    malformed on purpose (a list for $set, a non-string key to $unset) and some are sent in both places."""
     inner: dict[str, Any] = {}
     top: dict[str, Any] = {}
     for op in ("$set", "$set_once", "$unset"):
-        if draw(st.integers(0, 3)) != 0:
+        if not bits.one_in(4):
             continue
+        value: Any
         if op == "$unset":
-            value: Any = draw(
-                st.one_of(
-                    st.lists(st.sampled_from((*KEYS, 7)), min_size=1, max_size=2),
-                    st.dictionaries(st.sampled_from(KEYS), st.just(1), min_size=1, max_size=1),
-                )
-            )
+            shape = bits.take(3)
+            if shape == 0:
+                value = {bits.pick(KEYS): 1}
+            else:
+                value = [bits.pick((*KEYS, 7)) for _ in range(shape)]
         else:
-            value = draw(st.one_of(_values(), _values(), _values(), st.just(["a"])))
-        where = draw(st.sampled_from(("properties", "properties", "top", "both")))
+            value = ["a"] if bits.one_in(8) else _values(bits)
+        where = bits.pick(("properties", "properties", "top", "both"))
         if where in ("properties", "both"):
             inner[op] = value
         if where in ("top", "both"):
-            top[op] = draw(_values()) if where == "both" else value
+            top[op] = _values(bits) if where == "both" else value
     return inner, top
-
-
-KINDS = ("plain",) * 5 + ("identify",) * 3 + ("alias", "dangerous", "groupidentify", "personless")
 
 
 @st.composite
@@ -740,62 +756,68 @@ def histories(
     """A history: events of 1..3 teams in the order the pipeline receives them.
 
     Ids per team: ``anon-<team>-<n>`` and ``user-<n>`` (the same user names in every team), ``42`` (what
-    the non-string alias 42 becomes) and, as event distinct ids, a few illegal ones. Timestamps are whole
-    seconds out of ``seconds`` values (so many are equal, the uuid breaks the tie) and do not follow the
-    history order; uuids are a drawn permutation, so a tie is not always won by the later event."""
+    the non-string alias 42 becomes) and, as event distinct ids, a few illegal ones (never empty: the
+    gateway refuses those). Sources of merges: mostly anonymous ids, also any id, illegal ones, non-string
+    values, null and the target itself. Timestamps are whole seconds out of ``seconds`` values (so many are
+    equal and the uuid breaks the tie) and do not follow the history order; uuid order is drawn too, so a
+    tie is not always won by the later event."""
     team_ids = list(range(1, draw(st.integers(*teams)) + 1))
     length = draw(st.integers(0, max_length))
-    order = draw(st.permutations(range(length)))
+    specs = draw(st.lists(st.integers(0, 2**192 - 1), min_size=length, max_size=length))
+    legal_targets = [d for d in ILLEGAL_POOL if d.strip()]
     out: list[Event] = []
-    for i in range(length):
-        team = draw(st.sampled_from(team_ids))
+    for i, spec in enumerate(specs):
+        bits = _Bits(spec)
+        team = bits.pick(team_ids)
+        kind = bits.pick(KINDS)
         anons = [f"anon-{team}-{n}" for n in range(anon_ids)]
-        users = [f"user-{n}" for n in range(user_ids)]
-        ids = [*anons, *users, "42"]
-        legal = st.sampled_from(ids)
-        kind = draw(st.sampled_from(KINDS))
-        distinct_id = draw(st.one_of(*[legal] * 9, st.sampled_from([d for d in ILLEGAL_POOL if d.strip()])))
-        source = st.one_of(
-            *[st.sampled_from(anons)] * 4,
-            legal,
-            st.sampled_from(ILLEGAL_POOL),
-            st.sampled_from(NON_STRING_IDS),
-            st.just(None),
-            st.just(distinct_id),
+        ids = [*anons, *[f"user-{n}" for n in range(user_ids)], "42"]
+        distinct_id = bits.pick(legal_targets) if bits.one_in(10) else bits.pick(ids)
+        source_kind = bits.take(9)
+        source: Any = (
+            bits.pick(anons)
+            if source_kind < 4
+            else bits.pick(ids)
+            if source_kind == 4
+            else bits.pick(ILLEGAL_POOL)
+            if source_kind == 5
+            else bits.pick(NON_STRING_IDS)
+            if source_kind == 6
+            else None
+            if source_kind == 7
+            else distinct_id
         )
-        inner, top = draw(_ops())
-        props: dict[str, Any] = dict(inner)
-        name = draw(st.sampled_from(("$pageview", "signup")))
+        props: dict[str, Any]
+        inner, top = _ops(bits)
+        props = dict(inner)
+        name = bits.pick(("$pageview", "signup"))
         if kind == "identify":
-            name, props["$anon_distinct_id"] = "$identify", draw(source)
+            name, props["$anon_distinct_id"] = "$identify", source
         elif kind in ("alias", "dangerous"):
             name = "$create_alias" if kind == "alias" else "$merge_dangerously"
-            props["alias"] = draw(source)
+            props["alias"] = source
         elif kind == "groupidentify":
             name = "$groupidentify"
-            props["$group_type"] = draw(st.sampled_from(group_types))
-            props["$group_key"] = draw(st.sampled_from(GROUP_KEYS[:2] * 5 + GROUP_KEYS[2:]))
-            props["$group_set"] = draw(st.dictionaries(st.sampled_from(KEYS), st.sampled_from(VALUES), max_size=2))
-        if kind == "personless" or draw(st.integers(0, 9)) == 0:
+            props["$group_type"] = bits.pick(group_types)
+            props["$group_key"] = GROUP_KEYS[2] if bits.one_in(10) else bits.pick(GROUP_KEYS[:2])
+            props["$group_set"] = _values(bits, min_size=0)
+        if kind == "personless" or bits.one_in(10):
             props["$process_person_profile"] = False
         groups = None
-        if draw(st.integers(0, 4)) == 0:
-            declared = draw(
-                st.dictionaries(
-                    st.sampled_from(group_types), st.sampled_from((*GROUP_KEYS[:2], None)), min_size=1, max_size=2
-                )
-            )
-            if draw(st.booleans()):
+        if bits.one_in(5):
+            declared = {bits.pick(group_types): bits.pick((*GROUP_KEYS[:2], None)) for _ in range(1 + bits.take(2))}
+            if bits.take(2):
                 groups = declared
             else:
                 props["$groups"] = declared
+        timestamp = ts_at(bits.take(seconds))
         out.append(
             Event(
                 team_id=team,
                 distinct_id=distinct_id,
                 event=name,
-                uuid=str(uuidlib.UUID(int=(order[i] + 1) * 0x1000_0000_0000_0001)),
-                timestamp=_ts(draw(st.integers(0, seconds - 1))),
+                uuid=str(uuidlib.UUID(int=(bits.take(1 << 16) << 64) | (i + 1))),
+                timestamp=timestamp,
                 properties=props,
                 set=top.get("$set"),
                 set_once=top.get("$set_once"),
