@@ -441,8 +441,8 @@ def test_interleavings_keep_each_stream_and_the_fixed_events_in_order() -> None:
 TOKENS = {1: "phc_team_one_000000000000000000000000000", 2: "phc_team_two_0", 3: "phc_team_three_0"}
 
 
-@settings(max_examples=50, deadline=None)
-@given(history=histories(max_length=20))
+@PROPERTY
+@given(history=histories())
 def test_capture_payloads_come_out_of_the_gateway_as_the_same_events(history: list[Event]) -> None:
     ctx = RequestContext(now=datetime(2024, 6, 1, tzinfo=UTC), route="batch")
     back: list[Event] = []
