@@ -211,3 +211,12 @@ def test_cli_options() -> None:
     assert (args.team, args.dry_run, args.min_age, args.batch, args.every) == (4, True, 0, squash.BATCH_ROWS, None)
     args = build_parser().parse_args(["squash-overrides", "--every", "3600"])
     assert (args.team, args.min_age, args.every) == (None, squash.DEFAULT_MIN_AGE_S, 3600.0)
+
+
+def test_interval_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from eventpipe import config
+
+    monkeypatch.delenv("EVENTPIPE_SQUASH_INTERVAL_S", raising=False)
+    assert config.load().squash_interval_s == 0.0  # off: one run
+    monkeypatch.setenv("EVENTPIPE_SQUASH_INTERVAL_S", "86400")
+    assert config.load().squash_interval_s == 86400.0
