@@ -72,6 +72,9 @@ def _cmd_migrate(args: argparse.Namespace, settings: config.Settings) -> int:
     return 0
 
 
+_UNKNOWN_TABLE = 60  # ClickHouse's error code for a missing table: the database was never migrated
+
+
 def _cmd_squash(args: argparse.Namespace, settings: config.Settings) -> int:
     import time
 
@@ -84,38 +87,45 @@ def _cmd_squash(args: argparse.Namespace, settings: config.Settings) -> int:
     def progress(line: str) -> None:
         print(f"-- {line}", file=sys.stderr, flush=True)
 
-    while True:
-        try:
-            store = open_store(settings.store, settings.clickhouse_cluster)
+    try:
+        while True:
             try:
-                report = squash(
-                    store,
-                    team=args.team,
-                    min_age_s=args.min_age,
-                    dry_run=args.dry_run,
-                    batch_rows=args.batch,
-                    progress=progress,
+                store = open_store(settings.store, settings.clickhouse_cluster)
+                try:
+                    report = squash(
+                        store,
+                        team=args.team,
+                        min_age_s=args.min_age,
+                        dry_run=args.dry_run,
+                        batch_rows=args.batch,
+                        progress=progress,
+                    )
+                finally:
+                    store.close()
+            except Exception as exc:
+                if getattr(exc, "code", None) == _UNKNOWN_TABLE:
+                    raise SystemExit(
+                        f"error: {settings.store.redacted()} has no overrides table yet: run `eventpipe migrate` "
+                        "(the sink also migrates at start)"
+                    ) from None
+                # A periodic run outlives ClickHouse restarts: it tries again next time; anything else stops.
+                if not every or classify_store(exc) is not Kind.TRANSIENT:
+                    raise
+                progress(f"squash failed, retrying in {every:g}s: {exc!r}")
+            else:
+                verb = "would squash" if args.dry_run else "squashed"
+                print(
+                    f"{verb} {report.squashed} overrides, rewrote {report.events} events"
+                    f"{' (dry run)' if args.dry_run else ''}; {report.kept} kept for the next run",
+                    flush=True,
                 )
-            finally:
-                store.close()
-        except Exception as exc:
-            # A periodic run outlives ClickHouse restarts: it tries again next time; anything else stops it.
-            if not every or classify_store(exc) is not Kind.TRANSIENT:
-                raise
-            progress(f"squash failed, retrying in {every:g}s: {exc!r}")
-        else:
-            verb = "would squash" if args.dry_run else "squashed"
-            print(
-                f"{verb} {report.squashed} overrides, rewrote {report.events} events"
-                f"{' (dry run)' if args.dry_run else ''}; {report.kept} kept for the next run",
-                flush=True,
-            )
-        if not every:
-            return 0
-        try:
+            if not every:
+                return 0
             time.sleep(every)  # the interval between runs, not a wait for a condition
-        except KeyboardInterrupt:
-            return 0
+    except KeyboardInterrupt:
+        # Safe at any point: overrides go only after their events were rewritten (clickhouse/squash.py).
+        progress("interrupted")
+        return 130
 
 
 def _cmd_status(args: argparse.Namespace, settings: config.Settings) -> int:

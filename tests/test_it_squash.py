@@ -249,6 +249,15 @@ def test_cli_dry_run_and_run(store: ServerStore, clickhouse_server: str) -> None
     assert done.stdout.strip() == "squashed 1 overrides, rewrote 1 events; 0 kept for the next run"
     assert persons(store) == {"anon-1": [P_NEW]} and overrides(store) == []
 
+    bare = f"{store.url.database}_bare"  # created by the CLI's connection, never migrated
+    try:
+        env["EVENTPIPE_CLICKHOUSE_URL"] = f"{clickhouse_server}/{bare}"
+        refused = cli()
+        assert refused.returncode == 1 and "run `eventpipe migrate`" in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr
+    finally:
+        store.execute(f"DROP DATABASE IF EXISTS `{bare}`")
+
 
 @pytest.mark.timeout(180)
 def test_the_sink_writes_the_overrides_topic(kafka: str, clickhouse_server: str, tmp_path: Path) -> None:
