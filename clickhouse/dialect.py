@@ -112,6 +112,24 @@ class Dialect:
     def create_view(self, name: str, select: str) -> str:
         return f"CREATE VIEW IF NOT EXISTS {self.table(name)}{self._on_cluster()} AS\n{select}"
 
+    # -----------------------------------------------------------------------------------------------
+    # Mutations (ALTER TABLE … UPDATE / DELETE), used by `eventpipe squash-overrides`
+    # -----------------------------------------------------------------------------------------------
+
+    def alter_table(self, name: str) -> str:
+        """``ALTER TABLE <target>`` for a mutation of the table the sink writes as ``name``: in cluster
+        mode a Distributed table holds no rows and refuses mutations, so the Replicated ``<name>_local``
+        is altered ON CLUSTER (each replica then applies the mutation to its copy)."""
+        if not self.cluster:
+            return f"ALTER TABLE {name}"
+        return f"ALTER TABLE {self.table(name + '_local')}{self._on_cluster()}"
+
+    @property
+    def mutation_settings(self) -> dict[str, int]:
+        """Wait for a mutation to finish before the ALTER returns: on this server (1), or on every
+        replica (2) in cluster mode, so what follows a mutation sees its result everywhere."""
+        return {"mutations_sync": 2 if self.cluster else 1}
+
     def create_migrations_table(self, name: str) -> str:
         """The record of applied migrations. In cluster mode a Replicated table per shard (not
         Distributed): the node the sink talks to and its replicas know what ran; a sink on another shard

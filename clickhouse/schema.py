@@ -11,6 +11,7 @@ from eventpipe.contract import (
     EVENT_ROW_COLUMNS,
     GROUP_ROW_COLUMNS,
     KAFKA_COLUMNS,
+    OVERRIDE_ROW_COLUMNS,
     PERSON_ROW_COLUMNS,
     WARNING_ROW_COLUMNS,
 )
@@ -136,12 +137,47 @@ def _groups(d: Dialect) -> list[str]:
     )
 
 
+OVERRIDES_TABLE = "person_distinct_id_overrides"
+
+
+def _overrides(d: Dialect) -> list[str]:
+    """Distinct ids a merge re-pointed, and their new person: what queries resolve events through until
+    ``eventpipe squash-overrides`` has rewritten the events' person_id (clickhouse/squash.py)."""
+    columns = f"""    team_id Int64,
+    distinct_id String,
+    person_id UUID,
+    is_deleted Int8,
+    version Int64,
+{KAFKA_COLUMNS_DDL}"""
+    return [
+        # Sharded like person_distinct_id and events (cityHash64(distinct_id)): every version of an
+        # override on one shard, next to the events it overrides.
+        *d.create_table(
+            OVERRIDES_TABLE,
+            columns,
+            "ReplacingMergeTree(version)",
+            "ORDER BY (team_id, distinct_id)",
+            "cityHash64(distinct_id)",
+        ),
+        # The live override of each distinct id (argMax by version, deleted ones dropped): the
+        # right-hand side of the events -> person join in docs/sql.md.
+        d.create_view(
+            f"{OVERRIDES_TABLE}_current",
+            f"""SELECT team_id, distinct_id, argMax(person_id, version) AS person_id, max(version) AS latest_version
+FROM {d.table(OVERRIDES_TABLE)}
+GROUP BY team_id, distinct_id
+HAVING argMax(is_deleted, version) = 0""",
+        ),
+    ]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "events", _events),
     Migration(2, "ingestion_warnings", _warnings),
     Migration(3, "person", _person),
     Migration(4, "person_distinct_id", _person_distinct_id),
     Migration(5, "groups", _groups),
+    Migration(6, "person_distinct_id_overrides", _overrides),
 )
 
 # Columns the sink writes per table, in order: the contract's row columns, then the Kafka coordinates.
@@ -151,6 +187,7 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "person": PERSON_ROW_COLUMNS + KAFKA_COLUMNS,
     "person_distinct_id": DISTINCT_ID_ROW_COLUMNS + KAFKA_COLUMNS,
     "groups": GROUP_ROW_COLUMNS + KAFKA_COLUMNS,
+    OVERRIDES_TABLE: OVERRIDE_ROW_COLUMNS + KAFKA_COLUMNS,
 }
 
 

@@ -46,7 +46,7 @@ class Result:
 class Store(Protocol):
     dialect: Dialect
 
-    def execute(self, sql: str) -> None: ...
+    def execute(self, sql: str, settings: dict[str, Any] | None = None) -> None: ...
 
     def query(self, sql: str, params: dict[str, Any] | None = None) -> Result: ...
 
@@ -100,8 +100,8 @@ class ServerStore:
         )
         self._types: dict[str, dict[str, str]] = {}
 
-    def execute(self, sql: str) -> None:
-        self.client.execute(sql)
+    def execute(self, sql: str, settings: dict[str, Any] | None = None) -> None:
+        self.client.execute(sql, settings=settings)
 
     def query(self, sql: str, params: dict[str, Any] | None = None) -> Result:
         rows, meta = self.client.execute(sql, params or None, with_column_types=True)

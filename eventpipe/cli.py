@@ -8,6 +8,7 @@ import json
 import sys
 from typing import Any
 
+from clickhouse.squash import BATCH_ROWS, DEFAULT_MIN_AGE_S
 from eventpipe import config
 
 
@@ -71,6 +72,62 @@ def _cmd_migrate(args: argparse.Namespace, settings: config.Settings) -> int:
     return 0
 
 
+_UNKNOWN_TABLE = 60  # ClickHouse's error code for a missing table: the database was never migrated
+
+
+def _cmd_squash(args: argparse.Namespace, settings: config.Settings) -> int:
+    import time
+
+    from clickhouse.failures import Kind, classify_store
+    from clickhouse.squash import squash
+    from clickhouse.store import open_store
+
+    every = settings.squash_interval_s if args.every is None else args.every
+
+    def progress(line: str) -> None:
+        print(f"-- {line}", file=sys.stderr, flush=True)
+
+    try:
+        while True:
+            try:
+                store = open_store(settings.store, settings.clickhouse_cluster)
+                try:
+                    report = squash(
+                        store,
+                        team=args.team,
+                        min_age_s=args.min_age,
+                        dry_run=args.dry_run,
+                        batch_rows=args.batch,
+                        progress=progress,
+                    )
+                finally:
+                    store.close()
+            except Exception as exc:
+                if getattr(exc, "code", None) == _UNKNOWN_TABLE:
+                    raise SystemExit(
+                        f"error: {settings.store.redacted()} has no overrides table yet: run `eventpipe migrate` "
+                        "(the sink also migrates at start)"
+                    ) from None
+                # A periodic run outlives ClickHouse restarts: it tries again next time; anything else stops.
+                if not every or classify_store(exc) is not Kind.TRANSIENT:
+                    raise
+                progress(f"squash failed, retrying in {every:g}s: {exc!r}")
+            else:
+                verb = "would squash" if args.dry_run else "squashed"
+                print(
+                    f"{verb} {report.squashed} overrides, rewrote {report.events} events"
+                    f"{' (dry run)' if args.dry_run else ''}; {report.kept} kept for the next run",
+                    flush=True,
+                )
+            if not every:
+                return 0
+            time.sleep(every)  # the interval between runs, not a wait for a condition
+    except KeyboardInterrupt:
+        # Safe at any point: overrides go only after their events were rewritten (clickhouse/squash.py).
+        progress("interrupted")
+        return 130
+
+
 def _cmd_status(args: argparse.Namespace, settings: config.Settings) -> int:
     from eventpipe.status import collect, render
 
@@ -119,6 +176,26 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true")
     mig = sub.add_parser("migrate", help="apply ClickHouse migrations")
     mig.add_argument("--dry-run", action="store_true", help="print the SQL without running it")
+    sq = sub.add_parser(
+        "squash-overrides",
+        help="rewrite events.person_id of merged distinct ids and delete their person overrides",
+    )
+    sq.add_argument("--team", type=int, help="only this team's overrides")
+    sq.add_argument("--dry-run", action="store_true", help="count what would be squashed, change nothing")
+    sq.add_argument(
+        "--min-age",
+        type=int,
+        default=DEFAULT_MIN_AGE_S,
+        metavar="SECONDS",
+        help=f"only overrides written at least this long ago (default {DEFAULT_MIN_AGE_S}: two days)",
+    )
+    sq.add_argument("--batch", type=int, default=BATCH_ROWS, metavar="N", help="overrides per mutation")
+    sq.add_argument(
+        "--every",
+        type=float,
+        metavar="SECONDS",
+        help="repeat every SECONDS until interrupted (default EVENTPIPE_SQUASH_INTERVAL_S; 0: run once)",
+    )
     return p
 
 
@@ -168,6 +245,7 @@ def _dispatch(args: argparse.Namespace, settings: config.Settings) -> int:
         serve_sink(settings)
         return 0
     handlers = {"teams": _cmd_teams, "sql": _cmd_sql, "migrate": _cmd_migrate, "status": _cmd_status}
+    handlers["squash-overrides"] = _cmd_squash
     return handlers[args.cmd](args, settings)
 
 

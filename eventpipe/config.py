@@ -148,6 +148,8 @@ class Settings:
     request_memory_bytes: int = 64 * 1024 * 1024
     # Replication factor of the topics eventpipe and Faust create; 0 = auto: min(3, brokers in the cluster).
     replication_factor: int = 0
+    # `eventpipe squash-overrides` without --every repeats every this many seconds; 0: runs once.
+    squash_interval_s: float = 0.0
 
     def local_server(self) -> Any:
         """The local ClickHouse server's description, or None when it was never started here."""
@@ -218,4 +220,5 @@ def load() -> Settings:
         decode_workers=_int("DECODE_WORKERS", 1),
         request_memory_bytes=_int("REQUEST_MEMORY_BYTES", 64 * 1024 * 1024),
         replication_factor=_replication_factor(),
+        squash_interval_s=float(_env("SQUASH_INTERVAL_S", "0")),
     )

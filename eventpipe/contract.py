@@ -70,6 +70,11 @@ class Topics:
         return f"{self.prefix}clickhouse_person_distinct_id"
 
     @property
+    def person_distinct_id_overrides(self) -> str:
+        """One row per distinct id a merge re-pointed to another person (PostHog's overrides)."""
+        return f"{self.prefix}clickhouse_person_distinct_id_overrides"
+
+    @property
     def groups(self) -> str:
         return f"{self.prefix}clickhouse_groups"
 
@@ -91,6 +96,7 @@ class Topics:
             self.events: "events",
             self.persons: "person",
             self.person_distinct_ids: "person_distinct_id",
+            self.person_distinct_id_overrides: "person_distinct_id_overrides",
             self.groups: "groups",
             self.ingestion_warnings: "ingestion_warnings",
         }
@@ -160,6 +166,10 @@ PERSON_ROW_COLUMNS: tuple[str, ...] = (
     "version",
 )
 DISTINCT_ID_ROW_COLUMNS: tuple[str, ...] = ("team_id", "distinct_id", "person_id", "is_deleted", "version")
+# Same shape as a mapping row, but only for ids a merge moved: events stored before the merge still carry
+# the old person, and queries take the override's person instead until `eventpipe squash-overrides`
+# rewrote those events (docs/sql.md, "Person overrides").
+OVERRIDE_ROW_COLUMNS: tuple[str, ...] = ("team_id", "distinct_id", "person_id", "is_deleted", "version")
 GROUP_ROW_COLUMNS: tuple[str, ...] = (
     "group_type_index",
     "group_key",
@@ -215,6 +225,21 @@ def warning_row(team_id: int, type_: str, source: str, details: dict[str, Any], 
         "source": source,
         "details": ujson.dumps(details, ensure_ascii=False),
         "timestamp": timestamp,
+    }
+
+
+def override_row(team_id: int, distinct_id: str, person_id: str, version: int, is_deleted: int = 0) -> dict[str, Any]:
+    """A person override row (table ``person_distinct_id_overrides``, keys = :data:`OVERRIDE_ROW_COLUMNS`).
+
+    ``version`` is the re-pointed mapping's version (>= 1): the squash removes an override only up to
+    the version it squashed, so a later re-pointing of the same id (a higher version) survives it.
+    """
+    return {
+        "team_id": team_id,
+        "distinct_id": distinct_id,
+        "person_id": person_id,
+        "is_deleted": is_deleted,
+        "version": version,
     }
 
 

@@ -57,6 +57,7 @@ def topic_specs(settings: Settings, replication_factor: int = 1) -> list[NewTopi
         t.events,
         t.persons,
         t.person_distinct_ids,
+        t.person_distinct_id_overrides,
         t.groups,
         t.ingestion_warnings,
         t.dead_letters,

@@ -8,7 +8,10 @@ The seeded team 1 (all times UTC, January 2024; week 0 = Mon 1 .. Sun 7, week 1 
 
 * alice (person A, identified since December) and an anonymous id ``anon-1`` (person X): on 1 Jan 09:05
   ``$identify`` merges X into A. ``anon-1`` is re-pointed to A with version 1, X is written deleted
-  (version 100). Events of ``anon-1`` sent before the merge still carry X as their ``person_id``.
+  (version 100). Events of ``anon-1`` sent before the merge still carry X as their ``person_id``; the
+  merge's override (``anon-1`` -> A, version 1) is what the queries resolve them through.
+* bob has an override to carol's person that was deleted later (its latest version is deleted): it
+  must not count.
 * bob (B), carol (C), dan (D, first seen in week 1, his person rows arrive newest version first) and
   ``guest-9``, an event sent with ``$process_person_profile: false`` (stable person id, no mapping).
 * alice's ``signed_up`` is stored twice (a re-sent batch), and merges are stopped so the copy stays.
@@ -29,7 +32,15 @@ import pytest
 from clickhouse import readonly
 from clickhouse.store import KafkaRow, ServerStore, migrate
 from eventpipe.config import StoreURL
-from eventpipe.contract import DISTINCT_ID_ROW_COLUMNS, EVENT_ROW_COLUMNS, PERSON_ROW_COLUMNS, event_row, warning_row
+from eventpipe.contract import (
+    DISTINCT_ID_ROW_COLUMNS,
+    EVENT_ROW_COLUMNS,
+    OVERRIDE_ROW_COLUMNS,
+    PERSON_ROW_COLUMNS,
+    event_row,
+    override_row,
+    warning_row,
+)
 from processors.identity import personless_id
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "sql.md"
@@ -99,6 +110,13 @@ DISTINCT_IDS: list[tuple[int, str, str, int, int]] = [
     (TEAM, "carol", P_C, 0, 0),
     (TEAM, "dan", P_D, 0, 0),
     (OTHER_TEAM, "alice", P_T2, 0, 0),
+]
+
+# (team, distinct id, person, is_deleted, version): the ids merges re-pointed
+OVERRIDES: list[tuple[int, str, str, int, int]] = [
+    (TEAM, "anon-1", P_A, 0, 1),
+    (TEAM, "bob", P_C, 0, 1),
+    (TEAM, "bob", P_C, 1, 2),  # deleted: bob's events keep their own person
 ]
 
 # (team, type, source, details, timestamp)
@@ -184,7 +202,7 @@ class Seeder:
 
 
 def seed(store: ServerStore) -> None:
-    for table in ("events", "person", "person_distinct_id", "ingestion_warnings"):
+    for table in ("events", "person", "person_distinct_id", "person_distinct_id_overrides", "ingestion_warnings"):
         # Keep every inserted part apart, so duplicates and old versions stay visible to the queries.
         store.execute(f"SYSTEM STOP MERGES {table}")
     seeder = Seeder(store)
@@ -218,6 +236,9 @@ def seed(store: ServerStore) -> None:
     for i, (team, distinct_id, pid, deleted, version) in enumerate(DISTINCT_IDS):
         row = {"team_id": team, "distinct_id": distinct_id, "person_id": pid, "is_deleted": deleted, "version": version}
         seeder.insert("person_distinct_id", row, DISTINCT_ID_ROW_COLUMNS, base_ms + i * 1000)
+    for i, (team, distinct_id, pid, deleted, version) in enumerate(OVERRIDES):
+        row = override_row(team, distinct_id, pid, version, is_deleted=deleted)
+        seeder.insert("person_distinct_id_overrides", row, OVERRIDE_ROW_COLUMNS, base_ms + i * 1000)
     for i, (team, type_, source, details, when) in enumerate(WARNINGS):
         row = warning_row(team, type_, source, details, ts(when))
         seeder.insert("ingestion_warnings", row, ("team_id", "type", "source", "details", "timestamp"), base_ms + i)
@@ -249,7 +270,7 @@ def run(store: ServerStore, key: str, params: dict[str, str]) -> list[tuple[Any,
 
 
 def test_every_query_of_the_document_is_checked() -> None:
-    assert sorted(QUERIES) == ["1.1", "2.1", "3.1", "4.1", "5.1", "6.1", "6.2", "7.1"]
+    assert sorted(QUERIES) == ["1.1", "2.1", "3.1", "4.1", "5.1", "6.1", "6.2", "7.1", "8.1"]
 
 
 @pytest.mark.parametrize("key", sorted(QUERIES))
@@ -374,3 +395,19 @@ def test_ingestion_warnings_by_type(store: ServerStore) -> None:
         {"target": "bob", "source": "alice"},
         {"timestamp": "yesterday"},
     ]
+
+
+def test_overridden_ids_resolve_to_their_new_person(store: ServerStore) -> None:
+    # anon-1's page view of 1 Jan 08:00 is stored with X, its override names A: it counts for A.
+    stored = store.query("SELECT toString(person_id) FROM events WHERE uuid = {u:UUID}", {"u": uuid_of(1)}).rows
+    assert stored == [(P_X,)]
+    people = {row[0]: row[1] for row in run(store, "5.1", {**JANUARY, "limit": "100"})}
+    assert people[P_A] == ["alice", "anon-1"]
+    assert people[P_B] == ["bob"]  # the deleted override of bob is ignored
+    assert P_X not in people and len(people) == 5
+
+
+def test_events_still_to_rewrite(store: ServerStore) -> None:
+    # One of anon-1's two events carries X; bob's override is deleted, so he is not listed.
+    assert run(store, "8.1", {"team_id": str(TEAM)}) == [("anon-1", P_A, 1)]
+    assert run(store, "8.1", {"team_id": str(OTHER_TEAM)}) == []

@@ -11,7 +11,14 @@ from clickhouse.batch import PartitionBuffer, dedup_token
 from clickhouse.dialect import MODERN, Dialect, parse_version
 from clickhouse.schema import MIGRATIONS, TABLE_COLUMNS, migrations_table_ddl, pending
 from clickhouse.store import _TOKEN, KafkaRow
-from eventpipe.contract import EVENT_ROW_COLUMNS, KAFKA_COLUMNS, WARNING_ROW_COLUMNS, Topics
+from eventpipe.contract import (
+    EVENT_ROW_COLUMNS,
+    KAFKA_COLUMNS,
+    OVERRIDE_ROW_COLUMNS,
+    WARNING_ROW_COLUMNS,
+    Topics,
+    override_row,
+)
 
 OLD = Dialect((18, 16))
 NEW = Dialect((26, 9))
@@ -244,6 +251,43 @@ def test_every_sink_table_has_the_columns_the_sink_writes(dialect: Dialect, tabl
 
 def test_every_sink_topic_has_a_table() -> None:
     assert set(Topics("p_").sink_tables().values()) <= set(TABLE_COLUMNS)
+
+
+@pytest.mark.parametrize("dialect", [OLD, NEW], ids=["18.16", "26.9"])
+def test_overrides_table_is_versioned_per_distinct_id(dialect: Dialect) -> None:
+    statement = ddl(dialect, "person_distinct_id_overrides")
+    cols = columns(statement)
+    assert cols == {
+        "team_id": "Int64",
+        "distinct_id": "String",
+        "person_id": "UUID",
+        "is_deleted": "Int8",
+        "version": "Int64",
+        "_timestamp": "DateTime",
+        "_offset": "UInt64",
+        "_partition": "UInt64",
+    }
+    assert "ENGINE = ReplacingMergeTree(version)\nORDER BY (team_id, distinct_id)" in statement
+    assert TABLE_COLUMNS["person_distinct_id_overrides"] == OVERRIDE_ROW_COLUMNS + KAFKA_COLUMNS
+    (view,) = [s for m in MIGRATIONS for s in m.render(dialect) if "person_distinct_id_overrides_current" in s]
+    assert "HAVING argMax(is_deleted, version) = 0" in view
+    assert MIGRATIONS[-1].name == "person_distinct_id_overrides"  # appended: existing numbers unchanged
+
+
+def test_overrides_topic_and_row() -> None:
+    topics = Topics("p_")
+    assert topics.person_distinct_id_overrides == "p_clickhouse_person_distinct_id_overrides"
+    assert topics.sink_tables()[topics.person_distinct_id_overrides] == "person_distinct_id_overrides"
+    row = override_row(7, "anon-1", "0a000000-0000-4000-8000-000000000001", 3)
+    assert tuple(row) == OVERRIDE_ROW_COLUMNS
+    assert row == {
+        "team_id": 7,
+        "distinct_id": "anon-1",
+        "person_id": "0a000000-0000-4000-8000-000000000001",
+        "is_deleted": 0,
+        "version": 3,
+    }
+    assert override_row(7, "anon-1", "0a000000-0000-4000-8000-000000000001", 4, is_deleted=1)["is_deleted"] == 1
 
 
 def test_old_server_rendering() -> None:

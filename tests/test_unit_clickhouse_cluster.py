@@ -66,6 +66,27 @@ def test_materialized_columns_of_the_distributed_table() -> None:
 def test_views_read_the_distributed_tables() -> None:
     assert "FROM db1.person\n" in statement(OLD, "person_current")
     assert "FROM db1.person_distinct_id\n" in statement(OLD, "person_distinct_id_current")
+    assert "FROM db1.person_distinct_id_overrides\n" in statement(OLD, "person_distinct_id_overrides_current")
+
+
+def test_overrides_are_sharded_like_their_events() -> None:
+    # An override and the events it rewrites live on one shard: both by cityHash64(distinct_id).
+    for d in (OLD, NEW):
+        assert statement(d, "person_distinct_id_overrides").endswith(
+            "Distributed(eventpipe, db1, person_distinct_id_overrides_local, cityHash64(distinct_id))"
+        )
+        assert "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/db1.person_distinct_id_overrides_local', " in (
+            statement(d, "person_distinct_id_overrides_local")
+        )
+
+
+def test_mutations_target_the_replicated_local_tables() -> None:
+    # A Distributed table holds no rows: squash-overrides alters <table>_local on every node.
+    assert NEW.alter_table("events") == "ALTER TABLE db1.events_local ON CLUSTER eventpipe"
+    assert NEW.mutation_settings == {"mutations_sync": 2}
+    single = Dialect((26, 9))
+    assert single.alter_table("events") == "ALTER TABLE events"
+    assert single.mutation_settings == {"mutations_sync": 1}
 
 
 def test_migrations_table_is_replicated_not_distributed() -> None:

@@ -33,6 +33,14 @@ def test_topic_specs_default_is_the_single_node_layout() -> None:
     assert teams.topic_configs == {"cleanup.policy": "compact"}
 
 
+def test_topic_specs_create_every_sink_topic() -> None:
+    settings = Settings(topic_prefix="p_", partitions=6)
+    specs = {s.name: s for s in kafka.topic_specs(settings)}
+    for topic in kafka.topics_for(settings).sink_tables():
+        assert specs[topic].num_partitions == 6, topic
+    assert "p_clickhouse_person_distinct_id_overrides" in specs
+
+
 @pytest.mark.parametrize(("rf", "isr"), [(2, "1"), (3, "2")])
 def test_topic_specs_carry_rf_and_min_isr(rf: int, isr: str) -> None:
     specs = kafka.topic_specs(Settings(topic_prefix="p_", partitions=6), rf)
