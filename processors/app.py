@@ -159,7 +159,7 @@ def build_app(settings: Settings) -> faust.App:
     topics = topics_for(settings)
     app = faust.App(
         topics.group("processors"),
-        broker=f"kafka://{settings.kafka_bootstrap}",
+        broker=f"eventpipe://{settings.kafka_bootstrap}",
         store="memory://",
         processing_guarantee=PROCESSING_GUARANTEE,
         topic_partitions=settings.partitions,
