@@ -47,14 +47,14 @@ Properties do not depend on processing order, nor on which side of a merge a val
 person keeps
 
 * a register holding the ``$set`` or ``$unset`` with the greatest stamp (an ``$unset`` is a tombstone);
-* the ``$set_once`` operations stamped after the register's winner, earliest first (older ones can never
-  matter again: the register's stamp only grows).
+* the earliest ``$set_once``.
 
-The key's value is the register's ``$set`` value when the winner is a ``$set``; otherwise (the winner is
-an ``$unset``, or there is no ``$set``/``$unset`` at all) it is the earliest remaining ``$set_once``
-value; with none the key is absent. A merge joins the two persons key by key: the greater register, the
-union of the ``$set_once`` lists, pruned again. The join is commutative, associative and idempotent, and
-it equals replaying every operation the person ever received in stamp order with ``apply_properties``.
+The key's value is the register's ``$set`` value when the winner is a ``$set``; absent when it is an
+``$unset``; with no ``$set``/``$unset`` at all, the earliest ``$set_once`` value (absent without one). So a
+``$set_once`` counts only while the key was never ``$set`` or ``$unset``: after an ``$unset`` it does not
+bring the key back (PostHog's sequential rule would; staying order-free with that rule needs every later
+``$set_once`` kept, which a person store cannot afford). A merge joins the two persons key by key: the
+greater register, the earlier ``$set_once``. The join is commutative, associative and idempotent.
 ``$set`` and ``$set_once`` apply only when they are dicts; ``$unset`` is a list of key names (strings) or a
 dict (its keys).
 
@@ -99,7 +99,7 @@ import random
 import uuid as uuidlib
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -240,16 +240,10 @@ def is_merge(e: Event) -> bool:
 
 @dataclass(frozen=True)
 class KeyState:
-    """One person property: the $set/$unset register and the $set_once values stamped after it."""
+    """One person property: the $set/$unset register and the earliest $set_once."""
 
     register: tuple[Stamp, int, Any] | None = None  # (stamp, SET or UNSET, value)
-    set_once: tuple[tuple[Stamp, Any], ...] = ()  # sorted by stamp, all later than the register
-
-    def _pruned(self) -> KeyState:
-        if self.register is None:
-            return self
-        floor = self.register[0]
-        return replace(self, set_once=tuple(op for op in self.set_once if op[0] > floor))
+    set_once: tuple[Stamp, Any] | None = None  # the earliest
 
     def with_set(self, stamp: Stamp, value: Any) -> KeyState:
         return self.join(KeyState(register=(stamp, SET, value)))
@@ -258,21 +252,22 @@ class KeyState:
         return self.join(KeyState(register=(stamp, UNSET, None)))
 
     def with_set_once(self, stamp: Stamp, value: Any) -> KeyState:
-        return self.join(KeyState(set_once=((stamp, value),)))
+        return self.join(KeyState(set_once=(stamp, value)))
 
     def join(self, other: KeyState) -> KeyState:
         regs = [r for r in (self.register, other.register) if r is not None]
-        register = max(regs, key=lambda r: r[0]) if regs else None
-        merged = dict(self.set_once)
-        merged.update(other.set_once)
-        return KeyState(register, tuple(sorted(merged.items(), key=lambda op: op[0])))._pruned()
+        once = [o for o in (self.set_once, other.set_once) if o is not None]
+        return KeyState(
+            max(regs, key=lambda r: r[0]) if regs else None,
+            min(once, key=lambda o: o[0]) if once else None,
+        )
 
     def value(self) -> tuple[bool, Any]:
         """(present, value)."""
-        if self.register is not None and self.register[1] == SET:
-            return True, self.register[2]
-        if self.set_once:
-            return True, self.set_once[0][1]
+        if self.register is not None:
+            return (True, self.register[2]) if self.register[1] == SET else (False, None)
+        if self.set_once is not None:
+            return True, self.set_once[1]
         return False, None
 
 

@@ -277,10 +277,12 @@ def test_set_once_keeps_the_earliest_and_loses_to_any_set() -> None:
     assert props([*once, sets("u", 1, k="set")]) == {"k": "set"}  # a $set wins whatever its time
 
 
-def test_set_once_after_an_unset_refills_the_key() -> None:
+def test_set_once_after_an_unset_does_not_refill_the_key() -> None:
+    """Deliberately unlike PostHog's sequential rule (docstring of tests/identity_model.py): staying
+    order-free with it would need every later $set_once kept."""
     unset = ev("u", at=3, **{"$unset": ["k"]})
     early_once, late_once, later_once = (ev("u", at=at, **{"$set_once": {"k": at}}) for at in (2, 5, 8))
-    assert props([sets("u", 1, k="s"), unset, later_once, late_once]) == {"k": 5}  # earliest after the unset
+    assert props([sets("u", 1, k="s"), unset, later_once, late_once]) == {}
     assert props([early_once, unset]) == {}  # a $set_once older than the unset is dead too
     assert props([unset, early_once, sets("u", 1, k="s")]) == {}
 
@@ -534,13 +536,16 @@ def sequential_value(operations: list[tuple[int, str, Any]], uuids: list[str]) -
     """One key under apply_properties, the operations applied in stamp order."""
     rank = {"set_once": 0, "set": 1, "unset": 2}
     result: dict[str, Any] = {}
+    touched = False  # $set_once counts only while the key was never $set / $unset
     for (_, kind, v), _u in sorted(zip(operations, uuids, strict=True), key=lambda x: (x[0][0], x[1], rank[x[0][1]])):
         if kind == "set":
             result, _ = apply_properties(result, set_={"k": v})
         elif kind == "set_once":
-            result, _ = apply_properties(result, set_once={"k": v})
+            if not touched:
+                result, _ = apply_properties(result, set_once={"k": v})
         else:
             result, _ = apply_properties(result, unset=["k"])
+        touched |= kind != "set_once"
     return ("k" in result, result.get("k"))
 
 
@@ -574,10 +579,18 @@ def test_merges_commute_on_properties(left: list[Any], right: list[Any], op: str
 
 
 def sequential_properties(events: list[Event]) -> dict[str, Any]:
-    """The oracle: PostHog's one-event-at-a-time rules, applied in (timestamp, uuid) order."""
+    """The oracle: PostHog's one-event-at-a-time rules, applied in (timestamp, uuid) order, except that a
+    ``$set_once`` counts only while its key was never ``$set`` / ``$unset`` (tests/identity_model.py)."""
     result: dict[str, Any] = {}
+    touched: set[str] = set()
     for e in sorted(events, key=lambda e: (e.timestamp, e.uuid)):
-        result, _ = apply_properties(result, *person_ops(e))
+        set_, set_once, unset = person_ops(e)
+        if isinstance(set_once, dict):
+            set_once = {k: v for k, v in set_once.items() if k not in touched}
+        result, _ = apply_properties(result, set_, set_once, unset)
+        touched |= set(set_) if isinstance(set_, dict) else set()
+        keys = list(unset) if isinstance(unset, dict) else unset
+        touched |= {k for k in keys if isinstance(k, str)} if isinstance(keys, list) else set()
     return result
 
 
