@@ -2,10 +2,11 @@
 
 Two messages cross Kafka between our stages:
 
-* :class:`RawEvent` — written by the gateway to ``<prefix>events_raw``, key ``token:distinct_id`` so
-  one user's events stay in order on one partition. ``data`` is the event as the client sent it
-  (normalised: ``event``, ``properties``, ``$set``, ``$set_once``, ``$unset`` …); the envelope fields
-  are what the gateway knows better than the client (receive time, IP, the final timestamp).
+* :class:`RawEvent` — written by the gateway to ``<prefix>events_raw``, key ``team_id:distinct_id``: one
+  user's events stay in order on one partition, one team's events spread over all of them. ``data`` is
+  the event as the client sent it (normalised: ``event``, ``properties``, ``$set``, ``$set_once``,
+  ``$unset`` …); the envelope fields are what the gateway knows better than the client (receive time, IP,
+  the final timestamp, the team its api key belongs to).
 * an *event row* — written by the processors to ``<prefix>clickhouse_events``: a JSON object whose
   keys are exactly :data:`EVENT_ROW_COLUMNS`, ready for ``INSERT … FORMAT JSONEachRow``. The sink adds
   the Kafka coordinates (``_timestamp``, ``_offset``, ``_partition``) at insert time.
@@ -57,9 +58,11 @@ class Topics:
         return f"{self.prefix}clickhouse_events"
 
     @property
-    def events_by_team(self) -> str:
-        """Raw events with their team resolved, keyed by team: one team's identity state, one partition."""
-        return f"{self.prefix}events_by_team"
+    def identity_inbox(self) -> str:
+        """Messages between the processors' partitions (docs/identity.md): keyed like ``events_raw`` (an id
+        or a person's home), or by a team's merge lane or a group; same partition count, read by the
+        same worker as the raw partition of the same number."""
+        return f"{self.prefix}identity_inbox"
 
     @property
     def persons(self) -> str:
@@ -125,6 +128,10 @@ class RawEvent:
             return f"{self.token}:{self.distinct_id}".encode()
         return f"{self.team_id}:{self.distinct_id}".encode()
 
+    def with_team(self, team_id: int) -> RawEvent:
+        self.team_id = team_id
+        return self
+
     def to_json(self) -> bytes:
         # Not dataclasses.asdict: it deep-copies ``data`` first, which was ~40% of the gateway's CPU.
         return ujson.dumps({f: getattr(self, f) for f in _RAW_FIELDS}, ensure_ascii=False).encode()
@@ -138,6 +145,18 @@ class RawEvent:
 
 
 _RAW_FIELDS = tuple(f.name for f in fields(RawEvent))
+_NO_TEAM = b'"team_id":null}'
+
+
+def stamp_team(key: bytes, value: bytes, token: str, team_id: int) -> tuple[bytes, bytes]:
+    """An encoded raw event (``RawEvent.key`` / ``to_json`` without a team) with its team filled in:
+    the gateway learns the team only after decoding, and splicing two byte strings beats re-encoding."""
+    prefix = token.encode() + b":"
+    if not key.startswith(prefix) or not value.endswith(_NO_TEAM):
+        raw = RawEvent.from_json(value)
+        raw.team_id = team_id
+        return raw.key(), raw.to_json()
+    return b"%d:%s" % (team_id, key[len(prefix):]), value[: -len(_NO_TEAM)] + b'"team_id":%d}' % team_id
 
 # Column order of the event rows the processors emit; the sink inserts exactly these (plus the Kafka
 # coordinates) and clickhouse/schema.py checks the events table against it.

@@ -53,7 +53,7 @@ def topic_specs(settings: Settings, replication_factor: int = 1) -> list[NewTopi
     rf = replication_factor
     names = (
         t.raw_events,
-        t.events_by_team,
+        t.identity_inbox,
         t.events,
         t.persons,
         t.person_distinct_ids,

@@ -14,6 +14,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from eventpipe.config import Settings
+from eventpipe.contract import stamp_team
 from eventpipe.kafka import RegistryReader, ensure_topics, producer, topics_for
 from eventpipe.metrics import GatewayMetrics as Metrics
 from eventpipe.teams import api_key_shape_error
@@ -138,16 +139,18 @@ def route_limits(settings: Settings, route: str) -> tuple[int, Limits]:
     return body, Limits(inflated_bytes=inflated, max_event_bytes=settings.max_event_bytes)
 
 
-async def check_key(app: web.Application, token: object) -> None:
-    """401 for a key of the wrong shape or one no team has."""
+async def check_key(app: web.Application, token: object) -> int:
+    """The team of an api key; 401 for a key of the wrong shape or one no team has."""
     reason = api_key_shape_error(token)
     if reason:
         raise unauthorized(reason, "Project API key invalid.")
-    if await app[REGISTRY].resolve(str(token)) is None:
+    team_id = await app[REGISTRY].resolve(str(token))
+    if team_id is None:
         raise unauthorized(
             "invalid_api_key",
             "Project API key invalid. You can find your project API key with `eventpipe teams list`.",
         )
+    return team_id
 
 
 def outside_key(fields: object) -> object:
@@ -218,9 +221,11 @@ async def capture(request: web.Request) -> web.StreamResponse:
             prepared = await decode(request, route, body, limits)
             del body
             hold.resize(prepared.size)  # the body is gone; its messages are held until Kafka acks
-            await check_key(request.app, prepared.token)
+            team_id = await check_key(request.app, prepared.token)
             if prepared.messages:
-                await publish(request.app, prepared.messages)
+                # Keyed team:distinct_id with the team inside: the processors need no registry.
+                messages = [stamp_team(k, v, prepared.token, team_id) for k, v in prepared.messages]
+                await publish(request.app, messages)
         metrics.events.inc(route, len(prepared.messages))
     except CaptureError as err:
         metrics.errors.inc(err.code)

@@ -42,7 +42,7 @@ from processors.identity import (
     new_person_id,
     personless_id,
 )
-from processors.transform import MERGE_EVENTS, _js_string, _person_ops, process_event
+from processors.transform import MERGE_EVENTS, js_string, person_ops, process_event
 
 MAX_HOPS = 16  # forwards of one event from merged-away person to merged-away person
 NO_GROUPS = ("", "", "", "", "")
@@ -133,6 +133,12 @@ def raw_dict(raw: RawEvent) -> dict[str, Any]:
     }
 
 
+def person_of(team: int, distinct_id: str, record: dict[str, Any]) -> str:
+    """The person an id record (``i:team:id``) points at: the lane's pointer, else the id's own person."""
+    ptr = record.get("ptr")
+    return str(ptr[0]) if ptr else new_person_id(team, distinct_id)
+
+
 def _rec(tx: Tx, team: int, distinct_id: str) -> dict[str, Any]:
     return dict(tx.get(f"i:{team}:{distinct_id}") or {})
 
@@ -204,10 +210,10 @@ def _merge_source(raw: RawEvent) -> tuple[str, bool] | None:
     """(source id, dangerous) when the event asks for a merge, by PostHog's triggers."""
     props = _props(raw)
     if raw.event == "$identify" and props.get("$anon_distinct_id") is not None:
-        source = _js_string(props["$anon_distinct_id"])
+        source = js_string(props["$anon_distinct_id"])
         return (source, False) if source != raw.distinct_id else None
     if raw.event in MERGE_EVENTS and props.get("alias") is not None:
-        source = _js_string(props["alias"])
+        source = js_string(props["alias"])
         return (source, raw.event == "$merge_dangerously") if source != raw.distinct_id else None
     return None
 
@@ -320,7 +326,7 @@ def _at_home(tx: Tx, message: dict[str, Any]) -> None:
                   "version": -1}
         if not rec.get("ptr"):
             tx.step.row("distinct_ids", distinct_id_row(team, home, person["id"], 0))
-    set_, set_once, unset = _person_ops(raw)
+    set_, set_once, unset = person_ops(raw)
     regs, changed = registers.apply_updates(person["regs"], (raw.timestamp, raw.uuid), set_, set_once, unset)
     identified = person["identified"] or bool(message["identify"])
     created_at = min(person["created_at"], raw.timestamp)

@@ -10,13 +10,13 @@ Input
 An ordered list of :class:`Event` (one or more teams). An event has a team, a distinct id (a string, as the
 gateway makes it), a name, a uuid, a timestamp ``YYYY-MM-DD HH:MM:SS.ffffff``, a properties dict and the
 optional top-level ``$set`` / ``$set_once`` / ``$unset`` / ``$groups`` of the captured event. The person
-operations of an event are taken as ``processors/transform.py`` ``_person_ops`` does: per operation, when
+operations of an event are taken as ``processors/transform.py`` ``person_ops`` does: per operation, when
 both the top-level and the properties' value are dicts the top-level one is merged over the other;
 otherwise the top-level value if present, else the properties' one.
 
 Every operation of an event is stamped ``(timestamp, uuid, rank)``; rank orders the operations of one
-event the way ``processors.identity.apply_properties`` applies them: ``$set_once`` (0) before ``$set``
-(1) before ``$unset`` (2). Uuids are assumed unique per event.
+event the way ``apply_properties`` (below: PostHog's one-event-at-a-time rule) applies them:
+``$set_once`` (0) before ``$set`` (1) before ``$unset`` (2). Uuids are assumed unique per event.
 
 Persons
 =======
@@ -25,7 +25,7 @@ Persons
 * Merge attempts, as the processors detect them: ``$identify`` with a non-null ``$anon_distinct_id``
   (source = that id), ``$create_alias`` / ``$merge_dangerously`` with a non-null ``properties.alias``
   (source = the alias). A non-string source becomes what JavaScript's ``String()`` makes of it
-  (``processors.transform._js_string``). The target is the event's distinct id. Source equal to
+  (``processors.transform.js_string``). The target is the event's distinct id. Source equal to
   target: a plain event. Either side illegal (``processors.identity.is_illegal_id``): warning
   ``cannot_merge_with_illegal_distinct_id`` and the event is a plain event of the target.
 * A plain event of an id without a person creates the person ``new_person_id(team, id)``, not
@@ -115,7 +115,7 @@ from processors.identity import (
     new_person_id,
     personless_id,
 )
-from processors.transform import _js_string
+from processors.transform import js_string
 
 Stamp = tuple[str, str, int]  # (timestamp, uuid, rank within the event)
 SET_ONCE, SET, UNSET = 0, 1, 2
@@ -185,8 +185,38 @@ class Event:
         )
 
 
+def apply_properties(
+    properties: dict[str, Any], set_: Any = None, set_once: Any = None, unset: Any = None
+) -> tuple[dict[str, Any], bool]:
+    """``$set`` writes changed values, ``$set_once`` only absent keys, ``$unset`` removes keys."""
+    result = dict(properties)
+    if isinstance(set_once, dict):
+        for k, v in set_once.items():
+            result.setdefault(k, v)
+    if isinstance(set_, dict):
+        result.update(set_)
+    if isinstance(unset, dict):
+        unset = list(unset)
+    if isinstance(unset, list):
+        for k in unset:
+            if isinstance(k, str):
+                result.pop(k, None)
+    return result, _differs(result, properties)
+
+
+def _differs(a: Any, b: Any) -> bool:
+    """Inequality that also sees type changes Python's == hides (1 vs True, 1 vs 1.0)."""
+    if type(a) is not type(b):
+        return True
+    if isinstance(a, dict):
+        return a.keys() != b.keys() or any(_differs(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) != len(b) or any(_differs(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a != b)
+
+
 def person_ops(e: Event) -> tuple[Any, Any, Any]:
-    """``$set``, ``$set_once``, ``$unset`` of an event, combined as ``transform._person_ops`` does."""
+    """``$set``, ``$set_once``, ``$unset`` of an event, combined as ``transform.person_ops`` does."""
     ops = []
     for top, op in ((e.set, "$set"), (e.set_once, "$set_once"), (e.unset, "$unset")):
         inner = e.properties.get(op)
@@ -213,7 +243,7 @@ def merge_attempt(e: Event) -> tuple[str, bool] | None:
         return None
     if raw is None:
         return None
-    source = _js_string(raw)
+    source = js_string(raw)
     if source == e.distinct_id:
         return None
     return source, e.event == "$merge_dangerously"
@@ -677,7 +707,7 @@ ILLEGAL_POOL: tuple[str, ...] = (
     "",
     "  ",
 )
-NON_STRING_IDS: tuple[Any, ...] = (0, 42, True, 1.0, {"a": 1}, [1, 2])  # _js_string: "0" "42" "true" "1.0" …
+NON_STRING_IDS: tuple[Any, ...] = (0, 42, True, 1.0, {"a": 1}, [1, 2])  # js_string: "0" "42" "true" "1.0" …
 KEYS = ("a", "b", "c")
 VALUES: tuple[Any, ...] = (1, True, 1.0, "x", None)
 GROUP_TYPES = ("company", "project", "org", "team", "store", "region", "shard")

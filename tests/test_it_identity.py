@@ -18,6 +18,7 @@ import ujson
 from aiokafka import AIOKafkaConsumer
 from aiokafka.partitioner import DefaultPartitioner
 
+from processors.protocol import person_of
 from tests.stack import KAFKA, Stack, poll
 
 PARTITIONS = 4
@@ -97,8 +98,9 @@ def changelog_mapping(stack: Stack, team_id: int) -> dict[str, str]:
             await consumer.stop()
 
     table = asyncio.run(read())
-    prefix = f"{team_id}:d:"
-    return {k[len(prefix) :]: v["person_id"] for k, v in table.items() if k.startswith(prefix) and v}
+    prefix = f"i:{team_id}:"
+    ids = {k[len(prefix) :]: v for k, v in table.items() if k.startswith(prefix) and v}
+    return {d: person_of(team_id, d, record) for d, record in ids.items()}
 
 
 def stored_events(stack: Stack, where: str) -> dict[str, int]:

@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp.test_utils import TestClient, TestServer
 
 from eventpipe.config import Settings
+from eventpipe.contract import RawEvent
 from gateway import app as gw
 
 
@@ -51,8 +52,9 @@ def test_answers_only_after_kafka_acknowledged() -> None:
     producer = FakeProducer(ack=True)
     assert asyncio.run(_post(producer, EVENT)) == (200, {"status": 1})
     assert len(producer.sent) == 1
-    topic, _value, key = producer.sent[0]
-    assert topic == "eventpipe_events_raw" and key == b"phc_good:d"
+    topic, value, key = producer.sent[0]
+    assert topic == "eventpipe_events_raw" and key == b"1:d"  # team_id:distinct_id, the team resolved here
+    assert RawEvent.from_json(value).team_id == 1
 
 
 def test_broker_that_does_not_ack_gives_retryable_503() -> None:

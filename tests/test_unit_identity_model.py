@@ -20,15 +20,15 @@ from hypothesis import strategies as st
 
 from eventpipe.contract import RawEvent
 from gateway.events import RequestContext, parse_events
-from processors.identity import State, apply_properties, new_person_id, personless_id
-from processors.transform import _person_ops, process_with_persons
+from processors.identity import new_person_id, personless_id
+from processors.transform import person_ops as processors_person_ops
 from tests.identity_model import (
     GROUP_TYPES,
     KEYS,
     VALUES,
     Event,
     KeyState,
-    Outcome,
+    apply_properties,
     histories,
     interleavings,
     is_merge,
@@ -607,45 +607,7 @@ def test_a_persons_properties_are_a_time_ordered_replay_of_everything_its_ids_se
 @given(history=histories())
 def test_person_ops_are_the_processors(history: list[Event]) -> None:
     for e in history:
-        assert person_ops(e) == _person_ops(e.to_raw("phc"))
-
-
-def processors_outcome(history: list[Event]) -> tuple[Any, list[Any], dict[int, Any]]:
-    """What processors/identity.py decides in history order: grouping of ids, identified flags, warnings."""
-    table: dict[str, Any] = {}
-    state = State(distinct_ids=table, persons=table, groups=table)
-    warnings = []
-    for e in history:
-        out, _ = process_with_persons(e.to_raw("phc"), e.team_id, state)
-        warnings += [(w["team_id"], w["type"], json.loads(w["details"])) for w in out.warnings]
-    persons: dict[tuple[int, str], set[str]] = {}
-    for key, value in table.items():
-        team, kind, rest = key.split(":", 2) if key.count(":") >= 2 else (key, "", "")
-        if kind == "d":
-            persons.setdefault((int(team), value["person_id"]), set()).add(rest)
-    grouping = {
-        (team, frozenset(ids)): table[f"{team}:p:{pid}"]["is_identified"] for (team, pid), ids in persons.items()
-    }
-    types = {int(k.split(":")[0]): v for k, v in table.items() if k.endswith(":group_types")}
-    return grouping, warnings, types
-
-
-def model_decisions(out: Outcome) -> tuple[Any, list[Any], dict[int, Any]]:
-    grouping = {(p.team_id, p.distinct_ids): p.is_identified for p in out.persons.values()}
-    return grouping, list(out.warnings), {t: types for t, types in out.group_types.items() if types}
-
-
-@PROPERTY
-@given(history=histories())
-def test_merge_decisions_are_the_processors(history: list[Event]) -> None:
-    """Same grouping of ids, identified flags, warnings and group types as the processors today; only person
-    ids (the new-person rule) and properties (the CRDT) are meant to differ."""
-    grouping, warnings, types = processors_outcome(history)
-    mine_grouping, mine_warnings, mine_types = model_decisions(run(history))
-    assert mine_grouping == grouping
-    assert mine_types == types
-    drop_pid = [(t, w, {k: v for k, v in d.items() if k != "source_person_id"}) for t, w, d in warnings]
-    assert [(t, w, {k: v for k, v in d.items() if k != "source_person_id"}) for t, w, d in mine_warnings] == drop_pid
+        assert person_ops(e) == processors_person_ops(e.to_raw("phc"))
 
 
 def test_raw_events_round_trip() -> None:

@@ -1,4 +1,4 @@
-"""Pure unit tests of processors/transform.py (process_event, unknown_team) and eventpipe/contract.py."""
+"""Pure unit tests of processors/transform.py (process_event) and eventpipe/contract.py."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from eventpipe.contract import (
     parse_ts,
 )
 from gateway.events import RequestContext, parse_events
-from processors.transform import process_event, unknown_team
+from processors.transform import process_event
 
 NOW = "2024-01-01 12:00:00.000000"
 UUID = "0189f7a2-5b6c-7d8e-9f00-112233445566"
@@ -142,23 +142,6 @@ def test_gateway_warnings_become_warning_rows() -> None:
     assert {w["timestamp"] for w in out.warnings} == {NOW}
     assert strict_json(out.warnings[0]["details"]) == {"timestamp": "2099-01-01", "uuid": UUID}
     assert strict_json(out.warnings[2]["details"]) == {"uuid": UUID}
-
-
-def test_unknown_team_is_a_warning_only() -> None:
-    out = unknown_team(raw_event(token="phc_nobody"))
-    assert out.events == []
-    (warning,) = out.warnings
-    assert tuple(warning) == WARNING_ROW_COLUMNS
-    assert warning["team_id"] == 0
-    assert warning["type"] == "invalid_token"
-    assert warning["source"] == "processors"
-    assert warning["timestamp"] == NOW
-    assert strict_json(warning["details"]) == {
-        "token": "phc_nobody",
-        "event": "clicked",
-        "distinct_id": "user-1",
-        "uuid": UUID,
-    }
 
 
 def test_gateway_to_row_chain() -> None:

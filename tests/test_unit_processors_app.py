@@ -1,0 +1,163 @@
+"""processors/app.py without a broker: a batch's offsets become committable only once its rows are
+written; messages that cannot be read become dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+# -- the agents' batches: offsets committable only once the batch's rows are written -------------------------
+
+
+class _Consumer:
+    """What Message.ack reports the final ack to (Faust's consumer marks the offset committable)."""
+
+    def __init__(self) -> None:
+        self.acked: list[int] = []
+
+    def ack(self, message: Any) -> bool:
+        self.acked.append(message.offset)
+        return True
+
+
+class _App:
+    def __init__(self) -> None:
+        self.crashed: list[BaseException] = []
+
+    async def crash(self, reason: BaseException) -> None:
+        self.crashed.append(reason)
+
+
+@dataclass
+class _Event:
+    message: Any
+
+
+def _delivered(offsets: Iterable[int]) -> list[_Event]:
+    from faust.types.tuples import ConsumerMessage
+
+    events = []
+    for offset in offsets:
+        message = ConsumerMessage("eventpipe_events_raw", 0, offset, 0.0, 0, None, b"k", b"v", None)
+        message.incref()  # the conductor's reference: one channel (the agent's stream)
+        events.append(_Event(message))
+    return events
+
+
+def _take_events_batch(app: _App, events: list[_Event], body: Any) -> tuple[list[int], BaseException | None]:
+    """Like Faust's take_events: the body runs inside written_or_held, the batch is acked in a finally.
+    Returns the offsets acked (committable) and what the body raised out of the loop."""
+    from processors.app import written_or_held
+
+    consumer = _Consumer()
+
+    async def run() -> None:
+        try:
+            async with written_or_held(app, events):  # type: ignore[arg-type]
+                await body()
+        finally:
+            for event in events:
+                event.message.ack(consumer)
+
+    try:
+        asyncio.run(run())
+    except BaseException as exc:
+        return consumer.acked, exc
+    return consumer.acked, None
+
+
+def test_a_written_batch_is_acked() -> None:
+    app, events = _App(), _delivered(range(3))
+
+    async def body() -> None:
+        await asyncio.sleep(0)
+
+    assert _take_events_batch(app, events, body) == ([0, 1, 2], None)
+    assert app.crashed == []
+
+
+def test_a_batch_whose_flush_failed_is_held_and_the_worker_crashes() -> None:
+    """take_events acks in a finally: without the hold, a failed outbox flush committed rows never written."""
+    from aiokafka.errors import KafkaTimeoutError
+
+    app, events = _App(), _delivered(range(3))
+    failure = KafkaTimeoutError("send timed out")
+
+    async def body() -> None:
+        raise failure
+
+    assert _take_events_batch(app, events, body) == ([], failure)
+    assert app.crashed == [failure]
+
+
+def test_a_cancelled_batch_is_held_without_crashing() -> None:
+    app, events = _App(), _delivered(range(2))
+
+    async def body() -> None:
+        raise asyncio.CancelledError
+
+    acked, raised = _take_events_batch(app, events, body)
+    assert acked == [] and isinstance(raised, asyncio.CancelledError)
+    assert app.crashed == []
+
+
+
+
+# -- messages the agent cannot read become dead letters, never a crash ---------------------------------------
+
+
+def _event(topic: str, value: bytes, partition: int = 0) -> Any:
+    from faust.types.tuples import ConsumerMessage
+
+    message = ConsumerMessage(topic, partition, 0, 0.0, 0, None, b"k", value, None)
+    return _Valued(message, value)
+
+
+@dataclass
+class _Valued:
+    message: Any
+    value: bytes
+
+
+def _step(topic: str, value: bytes) -> Any:
+    from eventpipe.contract import Topics
+    from processors.app import Overlay, step_for
+
+    class _Table(dict[str, Any]):
+        pass
+
+    return step_for(Overlay(_Table()), _event(topic, value), Topics(), clock=1)  # type: ignore[arg-type]
+
+
+def test_unreadable_messages_are_dead_letters() -> None:
+    from eventpipe.contract import Topics
+
+    t = Topics()
+    for topic, value in ((t.raw_events, b"not json"), (t.raw_events, b"[1]"), (t.identity_inbox, b"{"),
+                         (t.identity_inbox, b"[]"), (t.identity_inbox, b'{"k": "nonsense"}')):
+        step = _step(topic, value)
+        assert list(step.rows) == ["dead"], (topic, value)
+        assert step.writes == {} and step.sends == []
+
+
+def test_a_raw_event_without_a_team_is_a_dead_letter() -> None:
+    from eventpipe.contract import RawEvent, Topics
+
+    raw = RawEvent(uuid="u", distinct_id="d", token="phc_x", event="e", timestamp="t", now="n", data={})
+    step = _step(Topics().raw_events, raw.to_json())
+    assert "team_id" in step.rows["dead"][0]["reason"]
+
+
+def test_every_row_kind_has_a_topic() -> None:
+    import inspect
+
+    from eventpipe.contract import Topics
+    from processors import protocol
+    from processors.app import row_topics
+
+    kinds = set(row_topics(Topics())) | {"dead"}
+    used = {k for k in ("events", "persons", "distinct_ids", "overrides", "groups", "warnings", "dead")
+            if f'"{k}"' in inspect.getsource(protocol)}
+    assert used <= kinds
