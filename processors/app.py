@@ -41,6 +41,7 @@ from eventpipe.contract import RawEvent, Topics, dead_letter, now_ts
 from eventpipe.kafka import ensure_topics, producer, resolved_replication_factor, topics_for
 from eventpipe.supervisor import clear_ready, mark_ready
 from processors import protocol
+from processors.liveness import Liveness
 
 log = logging.getLogger("eventpipe.processors")
 
@@ -114,7 +115,7 @@ class TakenEvent(faust.Event):
         return bool(super().ack())
 
 
-def taking(stream: faust.StreamT) -> faust.StreamT:
+def taking(stream: faust.StreamT, liveness: Liveness | None = None) -> faust.StreamT:
     """Mark every event ``stream`` hands to the agent as taken, with its context (a processor runs
     before take_events' buffer sees the event; a message the stream skips never gets here)."""
 
@@ -123,6 +124,8 @@ def taking(stream: faust.StreamT) -> faust.StreamT:
         if isinstance(event, TakenEvent):
             event.taken = True
             event.context = contextvars.copy_context()
+            if liveness is not None:
+                liveness.taken(event.message.tp, event.message.offset, time.monotonic())
         return value
 
     stream.add_processor(mark)
@@ -232,6 +235,7 @@ def build_app(settings: Settings) -> faust.App:
     by_kind = row_topics(topics)
     edges: dict[str, AIOKafkaProducer] = {}
     started = asyncio.Event()
+    liveness = Liveness()
 
     @app.task
     async def start_edges() -> None:
@@ -242,7 +246,7 @@ def build_app(settings: Settings) -> faust.App:
 
     @app.agent(sources)
     async def identity_agent(stream: faust.StreamT) -> None:
-        async for events in taking(stream).take_events(BATCH, within=BATCH_WINDOW_S):
+        async for events in taking(stream, liveness).take_events(BATCH, within=BATCH_WINDOW_S):
             async with written_or_held(app, events):
                 await run_batch(events)
 
@@ -269,6 +273,23 @@ def build_app(settings: Settings) -> faust.App:
             overlay.stage(step)
         await out.flush()
         overlay.apply()
+
+    @app.timer(5.0)
+    async def watchdog() -> None:
+        """processors/liveness.py: resume a stalled partition; restart the worker if that did not help."""
+        consumer = app.consumer
+        assigned = {tp for tp in consumer.assignment() if tp.topic in (topics.raw_events, topics.identity_inbox)}
+        positions = {tp: await consumer.position(tp) for tp in assigned}
+        verdict = liveness.check(time.monotonic(), assigned, consumer.highwater, positions.get, app.rebalancing)
+        if verdict.resume:
+            log.warning("partitions %s have unread messages but took none for %.0f s: resuming them",
+                        sorted(map(str, verdict.resume)), liveness.stall_after_s)
+            consumer.resume_partitions(verdict.resume)
+            consumer.resume_flow()
+        if verdict.give_up:
+            reason = f"partitions {sorted(map(str, verdict.give_up))} stayed stalled after a resume"
+            log.error("%s: exiting so the supervisor restarts this worker (it reads from committed offsets)", reason)
+            await app.crash(RuntimeError(reason))
 
     @app.on_before_shutdown.connect
     async def stop_edges(_sender: object, **_kwargs: object) -> None:

@@ -1,0 +1,62 @@
+"""The processors' watchdog (processors/liveness.py): only a partition with unread messages and no
+progress is stalled; it is resumed first, given up on only if it stays stalled."""
+
+from __future__ import annotations
+
+from processors.liveness import Liveness
+
+TP = "raw-0"
+
+
+def check(live: Liveness, now: float, end: int | None, position: int | None = 0, rebalancing: bool = False):
+    return live.check(now, [TP], lambda _tp: end, lambda _tp: position, rebalancing)
+
+
+def test_a_partition_that_keeps_taking_is_never_stalled() -> None:
+    live = Liveness(stall_after_s=10)
+    for t in range(100):
+        live.taken(TP, t, now=float(t))
+        verdict = check(live, float(t), end=t + 50)
+        assert verdict.resume == verdict.give_up == []
+
+
+def test_nothing_to_read_is_not_a_stall() -> None:
+    live = Liveness(stall_after_s=10)
+    live.taken(TP, 99, now=0.0)
+    assert check(live, 1000.0, end=100).resume == []
+    fresh = Liveness(stall_after_s=10)  # assigned, all committed, never took anything
+    assert check(fresh, 0.0, end=100, position=100).resume == []
+    assert check(fresh, 1000.0, end=100, position=100).resume == []
+
+
+def test_unread_messages_without_progress_are_resumed_then_given_up() -> None:
+    live = Liveness(stall_after_s=10)
+    live.taken(TP, 5, now=0.0)
+    assert check(live, 5.0, end=50).resume == []
+    assert check(live, 11.0, end=50).resume == [TP]
+    assert check(live, 15.0, end=50).give_up == []
+    assert check(live, 22.0, end=50).give_up == [TP]
+
+
+def test_progress_after_a_resume_clears_the_stall() -> None:
+    live = Liveness(stall_after_s=10)
+    live.taken(TP, 5, now=0.0)
+    assert check(live, 11.0, end=50).resume == [TP]
+    live.taken(TP, 6, now=12.0)
+    verdict = check(live, 30.0, end=50)
+    assert (verdict.resume, verdict.give_up) == ([TP], [])  # stalled again: a fresh resume, not a restart
+
+
+def test_a_rebalance_restarts_the_clock() -> None:
+    live = Liveness(stall_after_s=10)
+    live.taken(TP, 5, now=0.0)
+    assert check(live, 9.0, end=50, rebalancing=True).resume == []
+    assert check(live, 15.0, end=50).resume == []
+    assert check(live, 20.0, end=50).resume == [TP]
+
+
+def test_revoked_partitions_are_forgotten() -> None:
+    live = Liveness(stall_after_s=10)
+    live.taken(TP, 5, now=0.0)
+    live.check(1.0, [], lambda _tp: 50, lambda _tp: 0, False)
+    assert live.progress == {}
