@@ -27,6 +27,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from clickhouse.local_server import LocalServer
 from eventpipe import config
 from eventpipe.kafka import create_team, topics_for
+from eventpipe.teams import Team
 
 # The services deploy/local/*.sh start (their ports follow the same EVENTPIPE_LOCAL_* variables).
 KAFKA = os.environ.get("EVENTPIPE_TEST_KAFKA", f"127.0.0.1:{os.environ.get('EVENTPIPE_LOCAL_KAFKA_PORT', '19092')}")
@@ -235,7 +236,11 @@ class Stack:
             print(f"==== {log.name}\n{log.read_text(errors='replace')[-4000:]}", file=sys.stderr)
 
     def create_team(self, name: str = "test") -> str:
-        return asyncio.run(create_team(self.settings, name)).api_key
+        return self.team(name).api_key
+
+    def team(self, name: str = "test") -> Team:
+        """A new team (its id and api key)."""
+        return asyncio.run(create_team(self.settings, name))
 
     def post(
         self,

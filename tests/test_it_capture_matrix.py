@@ -94,7 +94,8 @@ def test_every_route_encoding_and_shape_reaches_kafka(gateway: Stack, api_key: s
         raw = got[distinct_id]
         assert raw["event"] == name
         assert raw["token"] == api_key
-        assert raw["_key"] == f"{api_key}:{distinct_id}"
+        assert raw["_key"] == f"{raw['team_id']}:{distinct_id}"  # the gateway resolved the key to its team
+        assert isinstance(raw["team_id"], int) and raw["team_id"] > 0
         assert raw["data"]["properties"]["n"] == 1
     assert len(events) == len(expected)  # nothing extra, nothing twice
 
