@@ -342,6 +342,7 @@ def print_profile(path: Path | None, what: str, top: int = 25) -> None:
 def quiet_kafka_logs() -> None:
     """aiokafka warns while freshly created topics propagate ("Topic … not found in cluster metadata")."""
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    logging.getLogger("aiokafka.cluster").setLevel(logging.CRITICAL)  # logs that one as an error
 
 
 def stop_stage(stage: Stage | None) -> None:

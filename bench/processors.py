@@ -1,16 +1,23 @@
-"""Processors throughput: a bare aiokafka consume -> produce loop (the ceiling) against the real stage.
+"""Processors throughput: the real workers against a bare aiokafka consume -> produce loop (the ceiling).
 
-Both phases read the same preloaded topic, ``<prefix>events_raw``: ``--processor-events`` gateway-made
-messages (``RawEvent.to_json`` of posthog-js-like events, key ``RawEvent.key()``, ``--distinct-ids``
-users of one team created with :func:`eventpipe.kafka.create_team`).
+Every phase reads ``--processor-events`` gateway-made raw events of ONE team (``RawEvent.to_json`` of
+posthog-js-like events through :func:`gateway.events.parse_events`, the team stamped in with
+:func:`eventpipe.contract.stamp_team` as the gateway does, key ``team_id:distinct_id``), preloaded into
+``<prefix>events_raw``. Mostly plain events over ``--distinct-ids`` anonymous users; one user in
+:data:`IDENTIFY_USERS` identifies half-way through its events (an ``$identify`` with ``$anon_distinct_id``
+and ``$set``: a merge through the team's merge lane) and sends its later events as the identified id.
 
-1. ``raw passthrough`` — one aiokafka consumer (``getmany`` batches of ``processors.app.BATCH``) and the
-   producer :func:`eventpipe.kafka.producer` builds: every message is sent unchanged to another topic,
-   the batch's acks are awaited, then the offsets committed: a consume -> produce loop with no
-   framework and no work, over one hop.
-2. ``processors`` — ``python -m eventpipe.cli processors`` as a subprocess, timed from the first row in
-   ``<prefix>clickhouse_events`` to the N-th (start-up excluded). It does two hops (``route``:
-   events_raw -> events_by_team, ``persons``: events_by_team -> clickhouse_events + person rows).
+1. ``in-process`` — :func:`processors.protocol.on_raw` / :func:`~processors.protocol.on_inbox` over a dict
+   state in this process: the protocol's own cost per event, no Kafka, no Faust.
+2. ``raw passthrough`` — one aiokafka consumer (``getmany`` batches of ``processors.app.BATCH``) and the
+   producer :func:`eventpipe.kafka.producer` builds: every message sent unchanged to another topic, the
+   batch's acks awaited, the offsets committed. The ceiling of one consume -> produce loop.
+3. ``processors, W workers`` — W ``python -m eventpipe.cli processors`` subprocesses (one Faust worker
+   each, the one agent over events_raw and identity_inbox), on their own copy of the preloaded topic
+   (fresh consumer group, table and inbox), timed from the moment the group is Stable with all W members
+   holding partitions and output has started, to the N-th row in ``<prefix>clickhouse_events``. Every
+   worker's share comes from the group's assignment (``DescribeGroups``) and committed offsets; its CPU
+   from ``/proc``.
 
 Figures are printed, never asserted.
 """
@@ -19,12 +26,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import dataclasses
+import math
 import os
+import re
 import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,8 +43,11 @@ from typing import Any
 import ujson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.protocol.group import MemberAssignment
 
 from bench.common import (
+    CpuMeter,
     Progress,
     Stage,
     TopicCounter,
@@ -44,23 +58,21 @@ from bench.common import (
     print_table,
     quiet_kafka_logs,
     run_async,
-    stage_meter,
     stop_stage,
     topic_counts,
-    watch,
 )
-from bench.gateway import CpuMeter, _env_int, _event, _iso, _ratio, _settings
+from bench.gateway import CpuSample, _broker_pid, _env_int, _event, _iso, _ratio, _settings
 from eventpipe import config
-from eventpipe.contract import RawEvent
+from eventpipe.contract import RawEvent, Topics, stamp_team
 from eventpipe.kafka import create_team, ensure_topics, producer, topics_for
 from gateway.events import RequestContext, parse_events
+from processors import protocol
 from processors.app import BATCH
-from processors.identity import State
-from processors.transform import process_with_persons
 
-TARGET = 0.5  # the project's goal for processors ÷ raw passthrough
+TARGET = 0.5  # the project's goal for processors ÷ raw passthrough, per worker
 PASSTHROUGH_RUNS = 3  # the ceiling is the best of these (the broker's throughput varies run to run)
-IDENTIFY_EVERY = 50  # one event in this many is an $identify with $set (person properties change)
+IDENTIFY_USERS = 20  # one user in this many identifies ($identify with $anon_distinct_id and $set)
+POLL_S = 0.05
 
 
 # ----------------------------------------------------------------------------------------- options
@@ -72,7 +84,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--processor-events",
         type=int,
         default=_env_int("BENCH_PROCESSOR_EVENTS", 40_000),
-        help="raw events preloaded for both phases (env BENCH_PROCESSOR_EVENTS, default 40000)",
+        help="raw events preloaded for every phase (env BENCH_PROCESSOR_EVENTS, default 40000)",
     )
     g.add_argument(
         "--distinct-ids",
@@ -81,10 +93,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="distinct users of the events (processors) and rows (sink) (env BENCH_DISTINCT_IDS, default 2000)",
     )
     g.add_argument(
+        "--processor-workers",
+        default=os.environ.get("BENCH_PROCESSOR_WORKERS", "1,2"),
+        help="worker counts to measure, one phase each (env BENCH_PROCESSOR_WORKERS, default 1,2)",
+    )
+    g.add_argument(
         "--processors-profile",
         metavar="FILE",
-        help="run the processors under cProfile, write the stats to FILE and print the top functions "
-        "(profiling slows them: their figures are then not comparable)",
+        help="run the first phase's first worker under cProfile, write the stats to FILE and print the top "
+        "functions (profiling slows it: its figures are then not comparable)",
     )
 
 
@@ -92,14 +109,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 class Options:
     events: int
     distinct_ids: int
+    workers: tuple[int, ...]
     kafka: str
     profile: Path | None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Options:
+        workers = tuple(sorted({max(1, int(w)) for w in str(args.processor_workers).split(",") if w.strip()}))
         return cls(
             events=max(BATCH, args.processor_events),
             distinct_ids=max(1, args.distinct_ids),
+            workers=workers or (1,),
             kafka=args.kafka,
             profile=Path(args.processors_profile).resolve() if args.processors_profile else None,
         )
@@ -108,90 +128,134 @@ class Options:
 # ---------------------------------------------------------------------------------------- payloads
 
 
-def _posthog_js_event(i: int, base: datetime, users: int) -> dict[str, Any]:
-    """The gateway benchmark's posthog-js-like event, for one of ``users`` users; each user's first
-    event carries ``$set_once`` initial properties and one event in IDENTIFY_EVERY is an ``$identify``
-    with ``$set`` (so the processors create every person and update some)."""
+def _posthog_js_event(i: int, base: datetime, users: int, per_user: int) -> dict[str, Any]:
+    """The gateway benchmark's posthog-js-like event, the ``i // users``-th of user ``i % users``.
+
+    A user is anonymous (distinct id ``anon-<uuid>``, as posthog-js mints it); its first event carries
+    ``$set_once`` initial properties. One user in IDENTIFY_USERS identifies half-way through its events:
+    that event is an ``$identify`` as the identified id with ``$anon_distinct_id`` and ``$set`` (the
+    processors merge the two ids through the team's merge lane), and its later events use that id."""
     event = _event(i, base)
-    user = i % users
+    user, nth = i % users, i // users
     props = event["properties"]
-    event["distinct_id"] = f"user-{user:05d}"
-    props["$device_id"] = str(uuid.UUID(int=user + 10**6))
+    anon = str(uuid.UUID(int=user + 10**6))
+    event["distinct_id"] = f"anon-{anon}"
+    props["$device_id"] = anon
     props["$session_id"] = str(uuid.UUID(int=user + 2 * 10**6))
     props["$window_id"] = str(uuid.UUID(int=user + 3 * 10**6))
     props["plan"] = ("free", "pro", "enterprise")[user % 3]
-    if i < users:
+    if nth == 0:
         props["$set_once"] = {
             "$initial_referrer": props["$referrer"],
             "$initial_referring_domain": props["$referring_domain"],
             "$initial_current_url": props["$current_url"],
             "$initial_utm_source": "mail",
         }
-    if i % IDENTIFY_EVERY == IDENTIFY_EVERY - 1:
-        event["event"] = "$identify"
-        props["$set"] = {"email": f"user{user}@example.com", "name": f"User {user}", "visits": i // users}
+    identify_at = per_user // 2
+    if user % IDENTIFY_USERS == IDENTIFY_USERS - 1 and identify_at >= 1 and nth >= identify_at:
+        event["distinct_id"] = f"user-{user:05d}"
+        if nth == identify_at:
+            event["event"] = "$identify"
+            props["$anon_distinct_id"] = f"anon-{anon}"
+            props["$set"] = {"email": f"user{user}@example.com", "name": f"User {user}", "plan": props["plan"]}
     return event
 
 
-def build_messages(token: str, n: int, users: int) -> list[tuple[bytes, bytes]]:
-    """(key, value) exactly as the gateway produces them, through parse_events in 100-event batches."""
+def build_messages(token: str, team_id: int, n: int, users: int) -> list[tuple[bytes, bytes]]:
+    """(key, value) exactly as the gateway produces them: parse_events in 100-event batches, then the
+    team stamped in (``stamp_team``, key ``team_id:distinct_id``)."""
     now = datetime.now(UTC)
     base = now - timedelta(minutes=30)
     ctx = RequestContext(now=now, ip="127.0.0.1", site_url="http://127.0.0.1", route="batch")
+    per_user = math.ceil(n / users)
     messages: list[tuple[bytes, bytes]] = []
     for start in range(0, n, 100):
-        batch = [_posthog_js_event(i, base, users) for i in range(start, min(n, start + 100))]
+        batch = [_posthog_js_event(i, base, users, per_user) for i in range(start, min(n, start + 100))]
         _, raws = parse_events({"api_key": token, "sent_at": _iso(now), "batch": batch}, ctx)
-        messages += [(r.key(), r.to_json()) for r in raws]
+        messages += [stamp_team(r.key(), r.to_json(), token, team_id) for r in raws]
     return messages
 
 
-def work_cost_us(messages: list[tuple[bytes, bytes]], team_id: int, min_seconds: float = 0.5) -> float:
-    """CPU µs per event of the processors' own work without Kafka or Faust: the raw event decoded once
-    per hop (``RawEvent.from_json``), :func:`process_with_persons` over an in-memory state (dicts instead
-    of the Faust table), every emitted row encoded with ``ujson``. Fresh state: persons get created."""
-    state = State(distinct_ids={}, persons={}, groups={})
-    events = 0
-    started = time.process_time()
-    for offset, (_, value) in enumerate(messages):
-        RawEvent.from_json(value)  # route
-        raw = RawEvent.from_json(value)  # persons
-        rows, emitted = process_with_persons(raw, team_id, state, (0, offset, 0))
-        for row in (*rows.events, *rows.warnings, *emitted.persons, *emitted.distinct_ids, *emitted.groups):
-            ujson.dumps(row, ensure_ascii=False).encode()
-        events += 1
-        if events % 1000 == 0 and time.process_time() - started >= min_seconds:
-            break
-    return (time.process_time() - started) / events * 1e6
-
-
-# ------------------------------------------------------------------------------------------ phases
+# ------------------------------------------------------------------------------- in-process protocol
 
 
 @dataclasses.dataclass
-class Phase:
+class WorkCost:
+    us_per_event: float
+    events: int
+    inbox_messages: int
+    rows: int
+    writes: int
+
+
+def work_cost(messages: Sequence[tuple[bytes, bytes]], partitions: int) -> WorkCost:
+    """CPU µs per event of what a worker does per message whatever the framework, in this process: the
+    raw event decoded once (``RawEvent.from_json``), :func:`protocol.on_raw` over a dict state (fresh:
+    every person gets created), every inbox message it sends (merges, forwards, the lane's answers)
+    encoded, decoded and handled by :func:`protocol.on_inbox` at its partition, every row and state write
+    JSON-encoded (the output topics and the table's changelog). The gap to the workers' CPU µs/event is
+    the cost of Faust, the table, the Kafka clients and the inbox's round trip through the broker."""
+    state: dict[str, Any] = {}
+    partitioner = DefaultPartitioner()
+    all_partitions = list(range(partitions))
+    inbox: collections.deque[tuple[bytes, bytes]] = collections.deque()
+    sent = rows = writes = 0
+
+    def apply(step: protocol.Step) -> None:
+        nonlocal sent, rows, writes
+        for kind_rows in step.rows.values():
+            for row in kind_rows:
+                ujson.dumps(row, ensure_ascii=False).encode()
+                rows += 1
+        for key, message in step.sends:
+            inbox.append((key, ujson.dumps(message, ensure_ascii=False).encode()))
+            sent += 1
+        items = [(step.wal, step.to_json())] if step.wal else []
+        for key, value in [*items, *step.writes.items()]:
+            ujson.dumps(value, ensure_ascii=False).encode()  # the changelog record
+            state[key] = value
+            writes += 1
+
+    started = time.process_time()
+    clock = time.time_ns() // 1000
+    for count, (key, value) in enumerate(messages, 1):
+        if count % BATCH == 0:
+            clock = time.time_ns() // 1000
+        raw = RawEvent.from_json(value)
+        apply(protocol.on_raw(state, partitioner(key, all_partitions, all_partitions), raw, clock))
+        while inbox:
+            inbox_key, body = inbox.popleft()
+            part = partitioner(inbox_key, all_partitions, all_partitions)
+            apply(protocol.on_inbox(state, part, ujson.loads(body), clock))
+    spent = time.process_time() - started
+    return WorkCost(spent / len(messages) * 1e6, len(messages), sent, rows, writes)
+
+
+# ------------------------------------------------------------------------------------- passthrough
+
+
+@dataclasses.dataclass
+class Passthrough:
     name: str
     progress: Progress
-    cpu: dict[str, float] = dataclasses.field(default_factory=dict)
-    notes: list[str] = dataclasses.field(default_factory=list)
+    cpu: dict[str, float]
 
     def print(self) -> None:
         p = self.progress
-        print(
-            f"  {self.name}: {p.rate:,.0f} events/s ({p.measured:,} events in {p.seconds:.2f} s, "
-            f"first output row -> last; {p.first_count:,} rows before the clock started)"
-        )
-        if self.cpu:
-            print(f"    {cpu_line(self.cpu, p.seconds, p.measured)}")
-        for note in self.notes:
-            print(f"    {note}")
+        print(f"  {self.name}: {p.rate:,.0f} events/s ({p.measured:,} events in {p.seconds:.2f} s, first acked "
+              f"batch -> last; {p.first_count:,} before the clock started)")
+        print(f"    {cpu_line(self.cpu, p.seconds, p.measured)}")
+
+    @property
+    def cpu_s(self) -> float | None:
+        return self.cpu.get("bench")
 
 
-async def passthrough(
-    settings: config.Settings, meter: CpuMeter, source: str, target: str, group: str, n: int, run: int
-) -> Phase:
+async def passthrough(settings: config.Settings, source: str, target: str, group: str, n: int, run: int) -> Passthrough:
     """Consume ``source`` from the start in getmany batches, send each message to ``target``, await the
-    batch's acks, commit; timed from the first batch acked to the last (like the processors' phase)."""
+    batch's acks, commit; timed from the first batch acked to the last (like the processors' phases)."""
+    meter = CpuMeter()
+    meter.pids = {"bench": os.getpid(), "broker": _broker_pid()}
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap,
         group_id=group,
@@ -224,64 +288,232 @@ async def passthrough(
                 first_sample = meter.sample()
         progress.done_at, progress.final_count = time.perf_counter(), done
         assert first_sample is not None
-        usage = CpuMeter.usage(first_sample, meter.sample())
-        return Phase(f"raw passthrough (run {run}/{PASSTHROUGH_RUNS})", progress, usage)
+        return Passthrough(f"raw passthrough (run {run}/{PASSTHROUGH_RUNS})", progress,
+                           CpuMeter.usage(first_sample, meter.sample()))
     finally:
         await prod.stop()
         await consumer.stop()
 
 
-async def processors_phase(stage: Stage, settings: config.Settings, n: int) -> Phase:
+# ---------------------------------------------------------------------------------------- workers
+
+
+@dataclasses.dataclass
+class Worker:
+    """One ``eventpipe processor`` subprocess and its share of the measured window."""
+
+    number: int
+    stage: Stage
+    raw_partitions: list[int] = dataclasses.field(default_factory=list)
+    inbox_partitions: list[int] = dataclasses.field(default_factory=list)
+    events: float = 0.0  # raw events it consumed in the window (committed offsets, scaled to the rows)
+    done_at: float | None = None  # when its events_raw partitions were all committed
+    cpu_s: float | None = None  # CPU seconds it used in the window
+    assignments: int = 0  # "Setting newly assigned partitions" in its log: 1 = no rebalance after its join
+
+    @property
+    def name(self) -> str:
+        return f"worker {self.number}"
+
+
+@dataclasses.dataclass
+class WorkersPhase:
+    workers: list[Worker]
+    progress: Progress
+    cpu: dict[str, float]
+    stable_at: float | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        n = len(self.workers)
+        return f"processors, {n} worker{'s' if n > 1 else ''}"
+
+    def worker_seconds(self, w: Worker) -> float:
+        """From the clock's start to when the worker's last partition was committed (≤ the phase's end)."""
+        p = self.progress
+        end = min(w.done_at, p.done_at) if w.done_at and p.done_at else p.done_at
+        return (end or 0.0) - (p.first_at or 0.0)
+
+    def worker_rate(self, w: Worker) -> float:
+        seconds = self.worker_seconds(w)
+        return w.events / seconds if seconds > 0 else 0.0
+
+    def print(self) -> None:
+        p = self.progress
+        print(f"  {self.name}: {p.rate:,.0f} events/s in all ({p.measured:,} events in {p.seconds:.2f} s, from the "
+              f"group Stable with its first rows to the last row; {p.first_count:,} rows before the clock started)")
+        print(f"    {cpu_line(self.cpu, p.seconds, p.measured)}")
+        for w in self.workers:
+            cpu = (f", CPU {w.cpu_s / p.seconds:.0%} of a core, {w.cpu_s / w.events * 1e6:.0f} µs/event"
+                   if w.cpu_s is not None and w.events and p.seconds > 0 else "")
+            print(f"    {w.name} (pid {w.stage.pid}): events_raw partitions {w.raw_partitions or '-'}, "
+                  f"{w.events:,.0f} events in the window, {self.worker_rate(w):,.0f} events/s over "
+                  f"{self.worker_seconds(w):.2f} s{cpu}")
+        for note in self.notes:
+            print(f"    {note}")
+
+
+async def describe_group(admin: AIOKafkaAdminClient, group: str) -> tuple[str, list[dict[str, list[int]]]]:
+    """(state, each member's assignment topic -> partitions) from DescribeGroups."""
+    [described] = (await admin.describe_consumer_groups([group]))[0].to_object()["groups"]
+    members = []
+    for m in described["members"]:
+        raw = m["member_assignment"]
+        assignment = MemberAssignment.decode(raw) if raw else None
+        members.append({t: sorted(ps) for t, ps in assignment.assignment} if assignment else {})
+    return str(described["state"]), members
+
+
+async def committed(admin: AIOKafkaAdminClient, group: str, topic: str) -> dict[int, int]:
+    offsets = await admin.list_consumer_group_offsets(group)
+    return {tp.partition: max(0, o.offset) for tp, o in offsets.items() if tp.topic == topic}
+
+
+_ASSIGNED = "Setting newly assigned partitions"
+
+
+def logged_assignment(log: str, topic: str) -> tuple[int, list[int]]:
+    """(assignments in a worker's log, events_raw partitions of the last): Faust logs a table per assignment."""
+    blocks = log.split(_ASSIGNED)
+    if len(blocks) < 2:
+        return 0, []
+    table = blocks[-1].split("for group", 1)[0]
+    match = re.search(rf"\|\s*{re.escape(topic)}\s*\|\s*\{{([0-9, -]*)\}}\s*\|", table)
+    partitions: list[int] = []
+    for item in match.group(1).split(",") if match else []:
+        low, _, high = item.strip().partition("-")  # Faust writes runs as ranges: {0-3}, {1, 3}
+        partitions += range(int(low), int(high or low) + 1)
+    return len(blocks) - 1, sorted(partitions)
+
+
+def spawn_workers(env: dict[str, str], home: Path, k: int, profile: Path | None) -> list[Stage]:
+    """``k`` worker subprocesses, each with its own EVENTPIPE_HOME (its log, ready marker, Faust datadir)."""
+    stages = []
+    for i in range(1, k + 1):
+        worker_home = home / f"worker{i}"
+        stages.append(Stage("processors", {**env, "EVENTPIPE_HOME": str(worker_home)}, worker_home,
+                            profile if i == 1 else None))
+    return stages
+
+
+async def workers_phase(settings: config.Settings, stages: list[Stage], team_id: int, n: int) -> WorkersPhase:
     topics = topics_for(settings)
-    meter = stage_meter("processors", stage.pid)
-    progress = Progress(n, stage.started)
-    ready_file = settings.home / "run" / "processor.ready"
-    timeout_s = 90 + n / 200  # start-up, then generous (a stall is caught sooner, see watch)
+    group = topics.group("processors")
+    parts = range(settings.partitions)
+    k = len(stages)
+    workers = [Worker(i, stage) for i, stage in enumerate(stages, 1)]
+    spawned = min(w.stage.started for w in workers)
+    meter = CpuMeter()
+    meter.pids = {"bench": os.getpid(), **{w.name: w.stage.pid for w in workers}, "broker": _broker_pid()}
+    progress = Progress(n, spawned)
+    timeout_s = 90 + n / 200 * k
+    stall_s = 30.0
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
-    ready_at = routed_at = None
-    polls = 0
-
-    async def routed() -> int:
-        """Raw events the processors committed (hop 1 done with them; Faust commits every 0.2 s)."""
-        offsets = await admin.list_consumer_group_offsets(topics.group("processors"))
-        return sum(max(0, o.offset) for tp, o in offsets.items() if tp.topic == topics.raw_events)
-
+    first: CpuSample | None = None
+    last: CpuSample | None = None
+    start_committed: dict[int, int] = {}
+    stable_at = None
+    notes: list[str] = []
     try:
         async with TopicCounter(settings.kafka_bootstrap) as counter:
-
-            async def rows() -> int:
-                nonlocal ready_at, routed_at, polls
+            raw_end = await counter.consumer.end_offsets([TopicPartition(topics.raw_events, p) for p in parts])
+            end = {tp.partition: offset for tp, offset in raw_end.items()}
+            members: list[dict[str, list[int]]] = []
+            deadline = spawned + timeout_s
+            last_n, last_change, polls = -1, time.perf_counter(), 0
+            while True:
+                for w in workers:
+                    w.stage.check_alive()
+                rows = await counter.count(topics.events, settings.partitions)
+                now = time.perf_counter()
                 polls += 1
-                if ready_at is None and ready_file.exists():
-                    ready_at = time.perf_counter()
-                if ready_at is not None and routed_at is None and polls % 4 == 0 and await routed() >= n:
-                    routed_at = time.perf_counter()
-                return await counter.count(topics.events, settings.partitions)
+                if rows != last_n:
+                    last_n, last_change = rows, now
+                elif progress.first_at is not None and now - last_change > stall_s:
+                    raise RuntimeError(f"processors stalled at {rows:,} of {n:,} rows; last log:\n"
+                                       f"{workers[-1].stage.tail()}")
+                if progress.first_at is None:
+                    state, members = await describe_group(admin, group)
+                    if state == "Stable" and len(members) == k and all(m.get(topics.raw_events) for m in members):
+                        stable_at = stable_at or now
+                        if rows:
+                            start_committed = await committed(admin, group, topics.raw_events)
+                            progress.first_at, progress.first_count = now, rows
+                            first = meter.sample()
+                elif progress.done_at is None and polls % 4 == 0:
+                    done = await committed(admin, group, topics.raw_events)
+                    _mark_done(workers, done, end, now)
+                if progress.first_at is not None and rows >= n:
+                    progress.done_at, progress.final_count = now, rows
+                    last = meter.sample()
+                    break
+                if now > deadline:
+                    raise RuntimeError(f"processors: {rows:,} of {n:,} rows after {timeout_s:.0f} s; last log:\n"
+                                       f"{workers[-1].stage.tail()}")
+                await asyncio.sleep(POLL_S)
 
-            first, last = await watch(progress, rows, stage, meter, timeout_s)
+            # After the clock: the last commits (every 0.2 s), the final assignment, per-worker shares.
+            settle = time.perf_counter() + 10
+            while time.perf_counter() < settle:
+                done = await committed(admin, group, topics.raw_events)
+                _mark_done(workers, done, end, time.perf_counter())
+                if all(done.get(p, 0) >= end[p] for p in parts):
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                notes.append("not every raw event was committed 10 s after the last row")
+            state, final_members = await describe_group(admin, group)
+            inbox_end = await counter.consumer.end_offsets(
+                [TopicPartition(topics.identity_inbox, p) for p in parts])
+            inbox = {tp.partition: offset for tp, offset in inbox_end.items()}
     finally:
         await admin.close()
-    phase = Phase("processors", progress, CpuMeter.usage(first, last) if first else {})
-    ready = f"group joined (processor.ready) after {ready_at - stage.started:.1f} s, " if ready_at else ""
-    phase.notes.append(
-        f"start-up: {ready}first row in {topics.events} {progress.startup_s:.1f} s after spawn "
-        f"(not in the figure above)"
-    )
-    if routed_at and progress.first_at and progress.done_at:
-        phase.notes.append(
-            f"hop 1 (route) had committed all {n:,} raw events {routed_at - progress.first_at:.1f} s after the first "
-            f"row, hop 2 (persons) wrote the last row {progress.done_at - progress.first_at:.1f} s after it"
-        )
-    elif progress.done_at:
-        phase.notes.append("hop 1 (route) had not committed every raw event when the last row arrived")
-    if ready_at and progress.done_at:
-        since_ready = progress.done_at - ready_at
-        phase.notes.append(
-            f"from group joined to the last row: {n / since_ready:,.0f} events/s over {since_ready:.2f} s "
-            f"(includes the first fetch and both hops' latency)"
-        )
+
+    for w in workers:
+        w.assignments, w.raw_partitions = logged_assignment(w.stage.tail(10**7), topics.raw_events)
+    by_raw = {tuple(m.get(topics.raw_events, [])): m for m in final_members}
+    for w in workers:
+        member = by_raw.get(tuple(w.raw_partitions))
+        if member is None:
+            notes.append(f"{w.name}'s logged assignment {w.raw_partitions} is not one of the group's "
+                         f"({[m.get(topics.raw_events) for m in final_members]})")
+            continue
+        w.inbox_partitions = member.get(topics.identity_inbox, [])
+    if members != final_members:
+        notes.append("the group's assignment changed during the window (a rebalance): figures are disturbed")
+    # Raw events each worker consumed in the window: its partitions' ends minus what was committed when
+    # the clock started. Commits lag up to 0.2 s, so the shares are scaled to the rows actually measured.
+    consumed = {w.number: sum(end[p] - start_committed.get(p, 0) for p in w.raw_partitions) for w in workers}
+    total = sum(consumed.values())
+    usage = CpuMeter.usage(first, last) if first and last else {}
+    for w in workers:
+        w.events = progress.measured * consumed[w.number] / total if total else 0.0
+        w.cpu_s = usage.pop(w.name, None)
+    phase = WorkersPhase(workers, progress, usage, stable_at, notes)
+    lane = _partition(protocol.lane_key(team_id), settings.partitions)
+    inbox_by = ", ".join(f"{w.name} {sum(inbox.get(p, 0) for p in w.inbox_partitions):,}" for w in workers)
+    notes.append(f"group {state} with {len(final_members)} members; identity_inbox messages read (whole phase): "
+                 f"{inbox_by} (the team's merge lane is on partition {lane})")
+    if any(w.assignments > 1 for w in workers):
+        notes.append("assignments per worker (its log): " + ", ".join(f"{w.name} {w.assignments}" for w in workers)
+                     + " (more than one: it joined before the others and was rebalanced before the clock started)")
+    if stable_at is not None and progress.first_at is not None:
+        notes.append(f"start-up: group Stable with {k} members {stable_at - spawned:.1f} s after spawn, the clock "
+                     f"started {progress.first_at - spawned:.1f} s after spawn (not in the figures)")
     return phase
+
+
+def _partition(key: bytes, partitions: int) -> int:
+    everything = list(range(partitions))
+    return int(DefaultPartitioner()(key, everything, everything))
+
+
+def _mark_done(workers: list[Worker], done: dict[int, int], end: dict[int, int], now: float) -> None:
+    for w in workers:
+        if w.done_at is None and w.raw_partitions and all(done.get(p, 0) >= end[p] for p in w.raw_partitions):
+            w.done_at = now
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -289,112 +521,147 @@ async def processors_phase(stage: Stage, settings: config.Settings, n: int) -> P
 
 async def _main(opts: Options) -> None:
     cores = os.cpu_count() or 1
-    prefix = f"bench{uuid.uuid4().hex[:8]}_"
+    base = f"bench{uuid.uuid4().hex[:8]}_"
     print("== processors benchmark")
     print(
-        f"   {cores} CPU cores shared by the processors (1 Faust worker, 1 event loop), this process and the local"
-        f" Kafka broker; kafka {opts.kafka}, topic prefix {prefix}"
+        f"   {cores} CPU cores shared by the processors (one Faust worker = one process, one event loop), this "
+        f"process and the local Kafka broker; kafka {opts.kafka}, topic prefix {base}"
     )
-    results: dict[str, Phase] = {}
+    passthroughs: list[Passthrough] = []
+    phases: dict[int, WorkersPhase] = {}
+    work: WorkCost | None = None
     with tempfile.TemporaryDirectory(prefix="eventpipe-bench-") as tmp:
-        env = {
-            **os.environ,
-            "EVENTPIPE_KAFKA_BOOTSTRAP": opts.kafka,
-            "EVENTPIPE_HOME": str(Path(tmp) / "home"),
-            "EVENTPIPE_TOPIC_PREFIX": prefix,
-        }
-        settings = _settings(env)
-        topics = topics_for(settings)
-        stage: Stage | None = None
-        try:
-            team = await create_team(settings, "bench")  # also creates the project's topics
-            started = time.perf_counter()
-            messages = build_messages(team.api_key, opts.events, opts.distinct_ids)
-            sizes = [len(v) for _, v in messages]
-            print(
-                f"   {len(messages):,} raw events built through parse_events in {time.perf_counter() - started:.1f} s:"
-                f" {statistics.mean(sizes):,.0f} B avg, {opts.distinct_ids:,} distinct ids of team {team.team_id},"
-                f" one in {IDENTIFY_EVERY} an $identify with $set"
-            )
-            prod = producer(settings)
-            await prod.start()
-            try:
-                seconds = await preload(prod, topics.raw_events, messages)
-            finally:
-                await prod.stop()
-            print(f"   preloaded {topics.raw_events} in {seconds:.1f} s ({len(messages) / seconds:,.0f} msg/s)")
-            try:
-                work_us = work_cost_us(messages, team.team_id)
-                print(
-                    f"   processors' pure-Python work in-process (RawEvent.from_json x2 + process_with_persons over "
-                    f"dicts + rows' JSON): {work_us:.0f} µs/event (= at most {1e6 / work_us:,.0f} events/s per core)"
-                )
-            except Exception as exc:  # the transform's API moved: the stage phases still mean something
-                print(f"   processors' pure-Python work in-process: not measured ({exc!r})")
+        env = {**os.environ, "EVENTPIPE_KAFKA_BOOTSTRAP": opts.kafka}
 
+        def phase_env(name: str) -> dict[str, str]:
+            return {**env, "EVENTPIPE_HOME": str(Path(tmp) / name), "EVENTPIPE_TOPIC_PREFIX": f"{base}{name}_"}
+
+        first_env = phase_env("pt")
+        first = _settings(first_env)
+        stages: list[Stage] = []
+        try:
+            team = await create_team(first, "bench")  # also creates the project's topics
+            started = time.perf_counter()
+            messages = build_messages(team.api_key, team.team_id, opts.events, opts.distinct_ids)
+            sizes = [len(v) for _, v in messages]
+            ids = len({k for k, _ in messages})
+            identifies = sum(b'"event":"$identify"' in v for _, v in messages)
+            print(
+                f"   {len(messages):,} raw events of team {team.team_id} built through parse_events + stamp_team in "
+                f"{time.perf_counter() - started:.1f} s: {statistics.mean(sizes):,.0f} B avg, {ids:,} distinct ids "
+                f"({opts.distinct_ids:,} anonymous users, one in {IDENTIFY_USERS} identifies: {identifies:,} "
+                f"$identify merges with $set)"
+            )
+            work = work_cost(messages, first.partitions)
+            print(
+                f"-- in-process: RawEvent.from_json + protocol.on_raw over a dict state (+ on_inbox for the "
+                f"{work.inbox_messages:,} inbox messages it sends, rows' and writes' JSON): {work.us_per_event:.0f} "
+                f"µs CPU/event = {1e6 / work.us_per_event:,.0f} events/s on one core ({work.rows / work.events:.2f} "
+                f"rows, {work.writes / work.events:.2f} state writes per event)"
+            )
+
+            async def preloaded(s: config.Settings) -> Topics:
+                await ensure_topics(s)
+                t = topics_for(s)
+                prod = producer(s)
+                await prod.start()
+                try:
+                    seconds = await preload(prod, t.raw_events, messages)
+                finally:
+                    await prod.stop()
+                print(f"   preloaded {t.raw_events} in {seconds:.1f} s ({len(messages) / seconds:,.0f} msg/s)")
+                return t
+
+            topics = await preloaded(first)
             print(
                 f"-- raw ceiling: bare aiokafka consume -> produce passthrough (getmany <= {BATCH}, send, await "
                 f"the batch's acks, commit), same topic and messages"
             )
-            out = f"{prefix}passthrough"
-            await ensure_topics(settings, [NewTopic(out, settings.partitions, 1)])
-            meter = stage_meter("processors")
-            runs = []
+            out = f"{first.topic_prefix}passthrough"
+            await ensure_topics(first, [NewTopic(out, first.partitions, 1)])
             for run in range(1, PASSTHROUGH_RUNS + 1):
-                runs.append(await passthrough(
-                    settings, meter, topics.raw_events, out, f"{prefix}passthrough{run}", len(messages), run
+                passthroughs.append(await passthrough(
+                    first, topics.raw_events, out, f"{first.topic_prefix}passthrough{run}", len(messages), run
                 ))
-                runs[-1].print()
-            best = max(runs, key=lambda r: r.progress.rate)
-            results["raw"] = dataclasses.replace(best, name=f"raw passthrough (best of {len(runs)})")
+                passthroughs[-1].print()
 
-            print("-- processors: python -m eventpipe.cli processors, from the same preloaded topic")
-            if opts.profile:
-                print(f"   (under cProfile -> {opts.profile}: processors figures are slowed by the profiler)")
-            stage = Stage("processors", env, settings.home, opts.profile)
-            results["processors"] = await processors_phase(stage, settings, len(messages))
-            results["processors"].print()
-            counts = await topic_counts(
-                opts.kafka,
-                [
-                    topics.events_by_team, topics.events, topics.persons, topics.person_distinct_ids,
-                    topics.ingestion_warnings, topics.dead_letters,
-                ],
-                settings.partitions,
-            )
-            print("   output: " + ", ".join(f"{t.removeprefix(prefix)} {c:,}" for t, c in counts.items()))
-            extra = counts[topics.events] - len(messages)
-            if extra > 0:
-                print(f"   ({extra:,} more event rows than events: at-least-once redeliveries)")
+            profile = opts.profile
+            for k in opts.workers:
+                name = f"w{k}"
+                phase_environment = phase_env(name)
+                settings = _settings(phase_environment)
+                print(f"-- processors, {k} worker{'s' if k > 1 else ''}: {k} x python -m eventpipe.cli processors "
+                      f"on a fresh copy of the same events ({settings.topic_prefix}*, fresh group, table and inbox)")
+                await preloaded(settings)
+                if profile:
+                    print(f"   (worker 1 under cProfile -> {profile}: its figures are slowed by the profiler)")
+                workers = spawn_workers(phase_environment, Path(tmp) / name, k, profile)
+                stages += workers
+                phase = await workers_phase(settings, workers, team.team_id, len(messages))
+                phases[k] = phase
+                phase.print()
+                t = topics_for(settings)
+                counts = await topic_counts(
+                    opts.kafka,
+                    [t.events, t.persons, t.person_distinct_ids, t.person_distinct_id_overrides, t.ingestion_warnings,
+                     t.dead_letters, t.identity_inbox],
+                    settings.partitions,
+                )
+                print("    output: " + ", ".join(f"{x.removeprefix(settings.topic_prefix)} {c:,}"
+                                                  for x, c in counts.items()))
+                extra = counts[t.events] - len(messages)
+                if extra > 0:
+                    print(f"    ({extra:,} more event rows than events: at-least-once redeliveries)")
+                for w in phase.workers:  # stop them now: the next phase must not share the CPUs with them
+                    stop_stage(w.stage)
+                profile = None
         finally:
-            stop_stage(stage)
-            await delete_kafka_state(opts.kafka, prefix)
+            for stage in stages:
+                if stage.proc.poll() is None:
+                    stop_stage(stage)
+            await delete_kafka_state(opts.kafka, base)
 
-    if "raw" in results and "processors" in results:
-        raw, proc = results["raw"], results["processors"]
-        print("== summary (events/s from the first output row to the last; processors ÷ raw passthrough, target "
-              f"≥ {TARGET})")
-        rows = [("phase", "events/s", "÷ raw", "CPU of its process", "µs CPU/event")]
-        for key, r in (("raw", raw), ("processors", proc)):
-            who = "bench" if key == "raw" else "processors"
-            spent = r.cpu.get(who)
+    if passthroughs and phases:
+        _summary(max(passthroughs, key=lambda r: r.progress.rate), phases, work, cores)
+    print_profile(opts.profile, "processors (worker 1 of the first phase)")
+
+
+def _summary(raw: Passthrough, phases: dict[int, WorkersPhase], work: WorkCost | None, cores: int) -> None:
+    print(f"== summary (events/s per worker ÷ raw passthrough, target ≥ {TARGET}; CPU of each process from /proc)")
+    ceiling = raw.progress.rate
+    rows = [("phase", "events/s", "÷ raw", "CPU of its process", "µs CPU/event")]
+    spent = raw.cpu_s
+    rows.append((
+        f"raw passthrough (best of {PASSTHROUGH_RUNS})", f"{ceiling:,.0f}", "1.00",
+        f"{spent / raw.progress.seconds:.0%} of a core" if spent is not None else "-",
+        f"{spent / raw.progress.measured * 1e6:.0f}" if spent is not None else "-",
+    ))
+    if work is not None:
+        rows.append(("in-process protocol (no Kafka, no Faust)", f"{1e6 / work.us_per_event:,.0f}",
+                     _ratio(1e6 / work.us_per_event, ceiling), "100% of a core", f"{work.us_per_event:.0f}"))
+    verdicts = []
+    for k, phase in phases.items():
+        p = phase.progress
+        if k > 1:
+            rows.append((f"{phase.name}, all", f"{p.rate:,.0f}", _ratio(p.rate, ceiling), "-", "-"))
+        for w in phase.workers:
+            rate = phase.worker_rate(w)
+            label = f"{phase.name}: {w.name}" if k > 1 else phase.name
             rows.append((
-                r.name,
-                f"{r.progress.rate:,.0f}",
-                _ratio(r.progress.rate, raw.progress.rate),
-                f"{spent / r.progress.seconds:.0%} of a core" if spent is not None else "-",
-                f"{spent / r.progress.measured * 1e6:.0f}" if spent is not None and r.progress.measured else "-",
+                label, f"{rate:,.0f}", _ratio(rate, ceiling),
+                f"{w.cpu_s / p.seconds:.0%} of a core" if w.cpu_s is not None and p.seconds > 0 else "-",
+                f"{w.cpu_s / w.events * 1e6:.0f}" if w.cpu_s is not None and w.events else "-",
             ))
-        print_table(rows)
-        ratio = proc.progress.rate / raw.progress.rate if raw.progress.rate else 0.0
-        verdict = "meets" if ratio >= TARGET else "below"
-        print(f"   processors ÷ raw = {ratio:.2f} ({verdict} the {TARGET} target; figures vary ±15% run to run)")
-        print(
-            f"   note: the processors do two consume -> produce hops (events_raw -> events_by_team -> "
-            f"clickhouse_events) in one process with one event loop, so it can use at most one of the {cores} cores;"
-            f" the passthrough does one hop with no work."
-        )
-    print_profile(opts.profile, "processors")
+            ratio = rate / ceiling if ceiling else 0.0
+            verdicts.append(f"{label} {ratio:.2f} ({'meets' if ratio >= TARGET else 'below'})")
+    print_table(rows)
+    print(f"   per worker ÷ raw: {'; '.join(verdicts)}; target {TARGET}, figures vary ±15% run to run")
+    print(
+        f"   note: a worker is one process with one event loop (at most one of the {cores} cores); the passthrough "
+        "is one consume -> produce loop with no work, the workers do one hop per event (events_raw -> rows) plus "
+        "the inbox's for merges and the events of merged ids. With more workers than cores minus the broker, "
+        "the workers share CPUs: compare their CPU µs/event rather than their events/s."
+    )
 
 
 def run(args: argparse.Namespace) -> None:
