@@ -25,20 +25,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import ujson
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
-from clickhouse.admin import build_admin_app
 from clickhouse.failures import Kind, classify_store
 from clickhouse.steps import (
     Committer,
@@ -50,9 +47,9 @@ from clickhouse.steps import (
     next_batch,
 )
 from clickhouse.store import KafkaRow, Store, migrate, open_store
+from eventpipe.admin import serve_admin
 from eventpipe.config import Settings
 from eventpipe.contract import now_ts
-from eventpipe.files import write_private
 from eventpipe.kafka import ensure_topics, producer, topics_for
 from eventpipe.metrics import SinkMetrics
 from eventpipe.supervisor import clear_ready, mark_ready, run_dir
@@ -130,16 +127,8 @@ class Sink:
     async def _serve_admin(self) -> None:
         """Loopback /metrics behind a bearer secret: EVENTPIPE_ADMIN_SECRET, or one made for this run and
         written with the endpoint's URL to ``<home>/run/sink-admin.json`` (0600) for the operator."""
-        secret = self.settings.admin_secret or secrets.token_urlsafe(32)
-        runner = web.AppRunner(build_admin_app(secret, self.metrics.render), access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, self.settings.admin_host, self.settings.admin_port)
-        await site.start()
-        self._admin = runner
-        if not self.settings.admin_secret:
-            port = runner.addresses[0][1]
-            url = f"http://{self.settings.admin_host}:{port}/metrics"
-            write_private(run_dir(self.settings) / "sink-admin.json", ujson.dumps({"url": url, "secret": secret}))
+        run_file = run_dir(self.settings) / "sink-admin.json"
+        self._admin = await serve_admin(self.settings, self.metrics.render, self.settings.admin_port, run_file)
 
     async def start_kafka(self) -> None:
         await ensure_topics(self.settings)

@@ -172,7 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="a query parameter, used in the query as {NAME:Type}",
     )
-    status = sub.add_parser("status", help="stages (pid, ready), the Kafka bootstrap and ClickHouse's addresses")
+    status = sub.add_parser(
+        "status", help="stages (pid, ready), processor workers' figures, the Kafka bootstrap and ClickHouse's addresses"
+    )
     status.add_argument("--json", action="store_true")
     mig = sub.add_parser("migrate", help="apply ClickHouse migrations")
     mig.add_argument("--dry-run", action="store_true", help="print the SQL without running it")

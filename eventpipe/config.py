@@ -128,6 +128,7 @@ class Settings:
     admin_host: str = "127.0.0.1"
     admin_secret: str = ""
     admin_port: int = 0
+    processor_admin_port: int = 0  # each processor worker's admin endpoint (0: any free port)
     # The local ClickHouse server's state (deploy/local/clickhouse.sh): its server.json says where it
     # listens and the passwords; used when EVENTPIPE_CLICKHOUSE_URL is empty.
     local_dir: Path = field(default_factory=default_home)
@@ -207,6 +208,7 @@ def load() -> Settings:
         admin_host=_env("ADMIN_HOST", "127.0.0.1"),
         admin_secret=_secret("ADMIN_SECRET"),
         admin_port=_int("ADMIN_PORT", 0),
+        processor_admin_port=_int("PROCESSOR_ADMIN_PORT", 0),
         produce_timeout_s=float(_env("PRODUCE_TIMEOUT_S", "10")),
         max_body_bytes=_int("MAX_BODY_BYTES", 2 * 1024 * 1024),
         max_batch_body_bytes=_int("MAX_BATCH_BODY_BYTES", 20 * 1024 * 1024),

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -22,24 +25,25 @@ class Counter:
 
 
 class Histogram:
-    def __init__(self, name: str, help_: str) -> None:
-        self.name, self.help = name, help_
-        self.counts = [0] * len(_BUCKETS)
+    def __init__(self, name: str, help_: str, buckets: tuple[float, ...] = _BUCKETS) -> None:
+        """``buckets``: upper bounds, ascending (default: latencies in seconds)."""
+        self.name, self.help, self.buckets = name, help_, buckets
+        self.counts = [0] * len(buckets)
         self.total = 0
         self.sum = 0.0
 
-    def observe(self, seconds: float) -> None:
+    def observe(self, value: float) -> None:
         self.total += 1
-        self.sum += seconds
-        for i, bound in enumerate(_BUCKETS):
-            if seconds <= bound:
+        self.sum += value
+        for i, bound in enumerate(self.buckets):
+            if value <= bound:
                 self.counts[i] += 1
                 break
 
     def render(self) -> list[str]:
         lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
         running = 0
-        for bound, count in zip(_BUCKETS, self.counts, strict=True):
+        for bound, count in zip(self.buckets, self.counts, strict=True):
             running += count
             lines.append(f'{self.name}_bucket{{le="{bound}"}} {running}')
         lines += [
@@ -97,3 +101,95 @@ class SinkMetrics:
 
     def render(self) -> str:
         return render(self.rows, self.batches, self.retries, self.dead_letters, self.lag, self.insert_latency)
+
+
+# Batch sizes of the processors' take_events (at most processors.app.BATCH events).
+_BATCH_SIZES = (1, 10, 50, 100, 250, 500, 1000)
+MERGE_OUTCOMES = ("joined", "merged", "same", "refused")  # processors/protocol.py, Step.outcome
+PROCESSOR_SOURCES = ("events_raw", "identity_inbox")  # the topics a worker reads
+
+
+class ProcessorMetrics:
+    """One processor worker's figures. Labels name topics and row kinds without the topic prefix;
+    lag is per ``topic:partition`` (e.g. ``events_raw:3``) of the partitions assigned now."""
+
+    def __init__(self) -> None:
+        self.messages_in = Counter(
+            "eventpipe_processor_messages_total", "Messages processed, by source topic.", "topic"
+        )
+        self.rows_out = Counter("eventpipe_processor_rows_total", "Rows produced for ClickHouse, by kind.", "kind")
+        self.inbox_out = Counter(
+            "eventpipe_processor_inbox_messages_total", "Identity inbox messages sent, by message kind.", "kind"
+        )
+        self.merges = Counter("eventpipe_processor_merges_total", "Merges decided by a merge lane, by outcome.",
+                              "outcome")
+        self.warnings = Counter("eventpipe_processor_warnings_total", "Ingestion warnings produced, by type.", "type")
+        self.lag = Gauge("eventpipe_processor_consumer_lag", "Messages behind the partition's end.", "partition")
+        self.watchdog = Counter(
+            "eventpipe_processor_watchdog_total",
+            "Watchdog actions: stalled partitions resumed, worker restarts.",
+            "action",
+        )
+        self.batch_latency = Histogram(
+            "eventpipe_processor_batch_seconds", "Time of one batch: compute, output acks, state writes."
+        )
+        self.batch_size = Histogram("eventpipe_processor_batch_messages", "Messages in one batch.", _BATCH_SIZES)
+        for topic in PROCESSOR_SOURCES:  # shown at 0 from the start, so rate() and alerts see them
+            self.messages_in.inc(topic, 0)
+        for outcome in MERGE_OUTCOMES:
+            self.merges.inc(outcome, 0)
+        for action in ("resume", "restart"):
+            self.watchdog.inc(action, 0)
+
+    def observe_step(
+        self,
+        topic: str,
+        rows: Mapping[str, list[dict[str, Any]]],
+        sends: Iterable[tuple[bytes, dict[str, Any]]],
+        merge_outcome: str | None = None,
+    ) -> None:
+        """One message of ``topic`` and what it turned into (a protocol step's rows, sends, outcome);
+        row kind ``dead`` is counted as ``dead_letters``."""
+        self.messages_in.inc(topic)
+        for kind, kind_rows in rows.items():
+            self.rows_out.inc("dead_letters" if kind == "dead" else kind, len(kind_rows))
+            if kind == "warnings":
+                for row in kind_rows:
+                    self.warnings.inc(str(row.get("type")))
+        for _key, message in sends:
+            self.inbox_out.inc(str(message.get("k")))
+        if merge_outcome is not None:
+            self.merges.inc(merge_outcome)
+
+    def observe_batch(self, size: int, seconds: float) -> None:
+        self.batch_size.observe(size)
+        self.batch_latency.observe(seconds)
+
+    def set_lag(self, lag: Mapping[str, int]) -> None:
+        """The lag of every partition assigned now (partitions no longer assigned disappear)."""
+        self.lag.values.clear()
+        for partition, behind in lag.items():
+            self.lag.set(partition, behind)
+
+    def render(self) -> str:
+        return render(self.messages_in, self.rows_out, self.inbox_out, self.merges, self.warnings, self.lag,
+                      self.watchdog, self.batch_latency, self.batch_size)
+
+
+_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{[a-zA-Z_]+="((?:[^"\\]|\\.)*)"\})? (\S+)$')
+
+
+def parse(text: str) -> dict[str, dict[str, float]]:
+    """Samples of a text exposition with at most one label, as written by :func:`render`:
+    ``{name: {label value: value}}`` (``""`` for an unlabelled sample). Other lines are skipped."""
+    out: dict[str, dict[str, float]] = {}
+    for line in text.splitlines():
+        match = _SAMPLE.match(line)
+        if match is None:
+            continue
+        name, label, value = match.groups()
+        try:
+            out.setdefault(name, {})[label or ""] = float(value)
+        except ValueError:
+            continue
+    return out

@@ -27,19 +27,24 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import os
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import faust
 import ujson
+from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
+from eventpipe.admin import serve_admin
 from eventpipe.config import Settings
 from eventpipe.contract import RawEvent, Topics, dead_letter, now_ts
 from eventpipe.kafka import ensure_topics, producer, resolved_replication_factor, topics_for
-from eventpipe.supervisor import clear_ready, mark_ready
+from eventpipe.metrics import ProcessorMetrics
+from eventpipe.supervisor import clear_ready, mark_ready, run_dir
 from processors import protocol
 from processors.liveness import Liveness
 
@@ -80,6 +85,30 @@ def row_topics(topics: Topics) -> dict[str, tuple[str, str | None]]:
         "groups": (topics.groups, "group_key"),
         "warnings": (topics.ingestion_warnings, None),
     }
+
+
+def source_names(topics: Topics) -> dict[str, str]:
+    """The agent's topics -> their metric label (the name without the prefix)."""
+    return {topics.raw_events: "events_raw", topics.identity_inbox: "identity_inbox"}
+
+
+def record_batch(
+    metrics: ProcessorMetrics, names: Mapping[str, str], steps: Sequence[tuple[str, protocol.Step]], seconds: float
+) -> None:
+    """A written batch's figures: each message's topic and step, the batch's size and time."""
+    for topic, step in steps:
+        metrics.observe_step(names.get(topic, topic), step.rows, step.sends, step.outcome)
+    metrics.observe_batch(len(steps), seconds)
+
+
+def lag_labels(names: Mapping[str, str], lag: Mapping[Any, int]) -> dict[str, int]:
+    """Lag per partition (Faust TPs, :meth:`Liveness.lag`) keyed by ``topic:partition`` labels."""
+    return {f"{names.get(tp.topic, tp.topic)}:{tp.partition}": n for tp, n in lag.items()}
+
+
+def admin_file(settings: Settings) -> Path:
+    """Where a worker without EVENTPIPE_ADMIN_SECRET writes its admin URL and secret (one per process)."""
+    return run_dir(settings) / f"processor-admin-{os.getpid()}.json"
 
 
 class Outbox:
@@ -245,14 +274,18 @@ def build_app(settings: Settings) -> faust.App:
     )
     by_kind = row_topics(topics)
     edges: dict[str, AIOKafkaProducer] = {}
+    admin: list[web.AppRunner] = []
     started = asyncio.Event()
     liveness = Liveness()
+    metrics, names = ProcessorMetrics(), source_names(topics)
 
     @app.task
     async def start_edges() -> None:
         # aiokafka clients must be created inside the running loop, so not in build_app.
         edges["producer"] = producer(settings, linger_ms=5)
         await edges["producer"].start()
+        # Loopback /metrics behind the admin secret, like the sink's (eventpipe/admin.py).
+        admin.append(await serve_admin(settings, metrics.render, settings.processor_admin_port, admin_file(settings)))
         started.set()
 
     @app.agent(sources)
@@ -264,12 +297,15 @@ def build_app(settings: Settings) -> faust.App:
     async def run_batch(events: Sequence[faust.EventT]) -> None:
         if not started.is_set():
             await started.wait()
+        began = time.monotonic()
         out = Outbox(edges["producer"])
         overlay = Overlay(identity)
         clock = time.time_ns() // 1000
+        steps: list[tuple[str, protocol.Step]] = []
         for event in events:
             overlay.context = event.context or overlay.context  # type: ignore[attr-defined]
             step = step_for(overlay, event, topics, clock)
+            steps.append((event.message.topic, step))
             for kind, rows in step.rows.items():
                 if kind == "dead":
                     for row in rows:
@@ -284,6 +320,7 @@ def build_app(settings: Settings) -> faust.App:
             overlay.stage(step)
         await out.flush()
         overlay.apply()
+        record_batch(metrics, names, steps, time.monotonic() - began)
 
     @app.timer(5.0)
     async def watchdog() -> None:
@@ -292,12 +329,15 @@ def build_app(settings: Settings) -> faust.App:
         assigned = {tp for tp in consumer.assignment() if tp.topic in (topics.raw_events, topics.identity_inbox)}
         positions = {tp: await consumer.position(tp) for tp in assigned}
         verdict = liveness.check(time.monotonic(), assigned, consumer.highwater, positions.get, app.rebalancing)
+        metrics.set_lag(lag_labels(names, liveness.lag(consumer.highwater, positions.get)))
         if verdict.resume:
+            metrics.watchdog.inc("resume", len(verdict.resume))
             log.warning("partitions %s have unread messages but took none for %.0f s: resuming them",
                         sorted(map(str, verdict.resume)), liveness.stall_after_s)
             consumer.resume_partitions(verdict.resume)
             consumer.resume_flow()
         if verdict.give_up:
+            metrics.watchdog.inc("restart")
             reason = f"partitions {sorted(map(str, verdict.give_up))} stayed stalled after a resume"
             log.error("%s: exiting so the supervisor restarts this worker (it reads from committed offsets)", reason)
             await app.crash(RuntimeError(reason))
@@ -307,6 +347,9 @@ def build_app(settings: Settings) -> faust.App:
         clear_ready(settings, "processor")
         if "producer" in edges:
             await edges["producer"].stop()
+        for runner in admin:
+            await runner.cleanup()
+        admin_file(settings).unlink(missing_ok=True)
 
     @app.on_rebalance_complete.connect
     async def on_assigned(_sender: object, **_kwargs: object) -> None:

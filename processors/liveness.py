@@ -77,3 +77,16 @@ class Liveness:
                 verdict.resume.append(tp)
                 p.since, p.resumed = now, True
         return verdict
+
+    def lag(
+        self, highwater: Callable[[Hashable], int | None], position: Callable[[Hashable], int | None]
+    ) -> dict[Hashable, int]:
+        """Messages behind the end of each partition :meth:`check` last saw assigned: the high watermark
+        minus the offset after the last one taken (the consumer's position before any was taken)."""
+        lag: dict[Hashable, int] = {}
+        for tp, p in self.progress.items():
+            end = highwater(tp)
+            start = p.offset + 1 if p.offset is not None else position(tp)
+            if end is not None and start is not None:
+                lag[tp] = max(0, end - start)
+        return lag

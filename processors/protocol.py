@@ -71,6 +71,9 @@ class Step:
     sends: list[tuple[bytes, dict[str, Any]]] = field(default_factory=list)
     wal: str | None = None  # lane steps: key of the write-ahead record, written before ``writes``
     n: int = 0  # lane steps: the lane's step counter once this step's writes are all applied
+    # Merge lane steps: the decision (joined, merged, same, refused) when it was just made; not part of the
+    # write-ahead record, so a recorded decision sent again (Step.from_json) has none. For metrics only.
+    outcome: str | None = None
 
     def row(self, kind: str, row: dict[str, Any]) -> None:
         self.rows.setdefault(kind, []).append(row)
@@ -566,9 +569,11 @@ def _lane_merge(tx: Tx, message: dict[str, Any]) -> None:
         tx.put(f"L:{team}:p:{source_ptr[1]}", {"identified": True, "ids": sorted({*person["ids"], target})})
         tx.step.row("distinct_ids", distinct_id_row(team, target, ptr[0], version))
         reply.update(ptr=ptr, identify=True)
+        tx.step.outcome = "joined"
     elif target_ptr[0] == source_ptr[0]:
-        pass  # already one person
+        tx.step.outcome = "same"  # already one person
     elif _lane_person(tx, team, source_ptr[1])["identified"] and not message["dangerous"]:
+        tx.step.outcome = "refused"
         tx.step.row(
             "warnings",
             warning_row(team, "cannot_merge_already_identified", "processors",
@@ -590,6 +595,7 @@ def _lane_merge(tx: Tx, message: dict[str, Any]) -> None:
                      {"k": "merge_out", "team": team, "home": source_ptr[1], "into": [target_ptr[0], target_ptr[1]],
                       "now": now})
         reply["identify"] = True
+        tx.step.outcome = "merged"
     tx.step.send(id_key(team, target), reply)
 
 

@@ -60,3 +60,13 @@ def test_revoked_partitions_are_forgotten() -> None:
     live.taken(TP, 5, now=0.0)
     live.check(1.0, [], lambda _tp: 50, lambda _tp: 0, False)
     assert live.progress == {}
+
+
+def test_lag_is_the_end_minus_the_offset_after_the_last_taken() -> None:
+    live = Liveness()
+    live.taken("p0", 9, 0.0)
+    live.check(1.0, ["p0", "p1", "p2"], lambda tp: {"p0": 15, "p1": 7}.get(tp), lambda tp: 4, False)
+    # p0: 10..14 unread; p1: nothing taken yet, the consumer starts at 4; p2: no high watermark yet.
+    assert live.lag(lambda tp: {"p0": 15, "p1": 7}.get(tp), lambda tp: 4) == {"p0": 5, "p1": 3}
+    live.check(2.0, ["p1"], lambda tp: 7, lambda tp: 4, False)  # p0 revoked
+    assert live.lag(lambda tp: 7, lambda tp: 4) == {"p1": 3}

@@ -161,3 +161,48 @@ def test_every_row_kind_has_a_topic() -> None:
     used = {k for k in ("events", "persons", "distinct_ids", "overrides", "groups", "warnings", "dead")
             if f'"{k}"' in inspect.getsource(protocol)}
     assert used <= kinds
+
+
+# -- metrics: what a written batch and the watchdog record -----------------------------------------------------
+
+
+def test_a_written_batch_is_counted_by_topic_row_kind_send_kind_and_merge_outcome() -> None:
+    from eventpipe.contract import RawEvent, Topics
+    from eventpipe.metrics import ProcessorMetrics, parse
+    from processors import protocol
+    from processors.app import record_batch, source_names
+
+    t = Topics()  # _step's
+    raw = RawEvent(uuid="u1", distinct_id="d", token="phc_x", event="e", timestamp="2024-01-01 00:00:00.000000",
+                   now="2024-01-01 00:00:00.000000", data={}, team_id=1)
+    identify = RawEvent(uuid="u2", distinct_id="u", token="phc_x", event="$identify",
+                        timestamp="2024-01-01 00:00:01.000000", now="2024-01-01 00:00:01.000000",
+                        data={"properties": {"$anon_distinct_id": "a"}}, team_id=1)
+    merge = {"k": "merge", "team": 1, "target": "u", "source": "a", "dangerous": False, "target_has_person": False,
+             "uuid": "u2", "now": "2024-01-01 00:00:01.000000"}
+    steps = [(t.raw_events, _step(t.raw_events, raw.to_json())),
+             (t.raw_events, _step(t.raw_events, identify.to_json())),
+             (t.identity_inbox, protocol.on_inbox({}, 0, merge)),
+             (t.identity_inbox, _step(t.identity_inbox, b"{"))]
+    metrics = ProcessorMetrics()
+    record_batch(metrics, source_names(t), steps, 0.03)
+    got = parse(metrics.render())
+    assert got["eventpipe_processor_messages_total"] == {"events_raw": 2, "identity_inbox": 2}
+    assert got["eventpipe_processor_rows_total"] == {"events": 1, "persons": 1, "distinct_ids": 2,
+                                                      "dead_letters": 1}
+    assert got["eventpipe_processor_inbox_messages_total"] == {"merge": 1, "merged": 1}
+    assert got["eventpipe_processor_merges_total"] == {"joined": 1, "merged": 0, "same": 0, "refused": 0}
+    assert got["eventpipe_processor_batch_messages_count"] == {"": 1}
+    assert got["eventpipe_processor_batch_messages_sum"] == {"": 4}
+    assert got["eventpipe_processor_batch_seconds_bucket"]["0.05"] == 1
+
+
+def test_lag_is_labelled_by_unprefixed_topic_and_partition() -> None:
+    from faust.types.tuples import TP
+
+    from eventpipe.contract import Topics
+    from processors.app import lag_labels, source_names
+
+    t = Topics(prefix="p_")
+    lag = {TP(t.raw_events, 3): 5, TP(t.identity_inbox, 0): 0, TP("other", 1): 2}
+    assert lag_labels(source_names(t), lag) == {"events_raw:3": 5, "identity_inbox:0": 0, "other:1": 2}

@@ -138,3 +138,31 @@ def test_stored_rows_per_kind_are_bounded_by_the_events() -> None:
     sim = simulate(history, partitions=4, seed=5)
     counts = Counter({k: len(v) for k, v in sim.rows.items()})
     assert counts["events"] == 2
+
+
+def _merge(target: str, source: str, uuid: str, has_person: bool = True) -> dict[str, Any]:
+    return {"k": "merge", "team": 1, "target": target, "source": source, "dangerous": False,
+            "target_has_person": has_person, "uuid": uuid, "now": "2024-01-01 00:00:00.000000"}
+
+
+def test_a_lane_step_records_its_merge_outcome() -> None:
+    state: dict[str, Any] = {}
+    assert protocol.on_inbox(state, 0, _merge("u0", "a0", "j", has_person=False)).outcome == "joined"
+    merged = protocol.on_inbox(state, 0, _merge("u", "a", "m"))
+    assert merged.outcome == "merged"
+    state.update(merged.writes)
+    assert protocol.on_inbox(state, 0, _merge("u", "a", "s")).outcome == "same"
+    refused = protocol.on_inbox(state, 0, _merge("v", "u", "r"))  # u's person is identified now
+    assert refused.outcome == "refused"
+    assert [w["type"] for w in refused.rows["warnings"]] == ["cannot_merge_already_identified"]
+    types = {"k": "types", "team": 1, "d": "u", "uuid": "t", "want": ["company"], "now": "2024-01-01"}
+    assert protocol.on_inbox(state, 0, types).outcome is None  # not a merge
+
+
+def test_a_recorded_merge_decision_sent_again_has_no_outcome() -> None:
+    state: dict[str, Any] = {}
+    first = protocol.on_inbox(state, 0, _merge("u", "a", "x"))
+    assert "outcome" not in first.to_json()  # the write-ahead record is unchanged
+    state[first.wal] = first.to_json()  # type: ignore[index]
+    again = protocol.on_inbox(state, 0, _merge("u", "a", "x"))
+    assert (again.sends, again.outcome) == (first.sends, None)
