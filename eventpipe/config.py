@@ -7,6 +7,7 @@ README's table of variables is the whole configuration surface.
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,10 @@ class Settings:
     admin_secret: str = ""
     admin_port: int = 0
     processor_admin_port: int = 0  # each processor worker's admin endpoint (0: any free port)
+    # A processor worker's name: its local state lives in <home>/faust/<name>, so a worker restarted under
+    # the same name (a StatefulSet pod, the supervisor's one worker) reopens its RocksDB state and reads
+    # only the changelog written since; two live workers must not share one.
+    worker_name: str = field(default_factory=socket.gethostname)
     # The local ClickHouse server's state (deploy/local/clickhouse.sh): its server.json says where it
     # listens and the passwords; used when EVENTPIPE_CLICKHOUSE_URL is empty.
     local_dir: Path = field(default_factory=default_home)
@@ -209,6 +214,7 @@ def load() -> Settings:
         admin_secret=_secret("ADMIN_SECRET"),
         admin_port=_int("ADMIN_PORT", 0),
         processor_admin_port=_int("PROCESSOR_ADMIN_PORT", 0),
+        worker_name=_env("WORKER_NAME", "") or socket.gethostname(),
         produce_timeout_s=float(_env("PRODUCE_TIMEOUT_S", "10")),
         max_body_bytes=_int("MAX_BODY_BYTES", 2 * 1024 * 1024),
         max_batch_body_bytes=_int("MAX_BATCH_BODY_BYTES", 20 * 1024 * 1024),

@@ -245,12 +245,21 @@ def _dead(reason: str) -> protocol.Step:
     return step
 
 
+def datadir(settings: Settings) -> Path:
+    """This worker's local state (RocksDB per partition), private to it: <home>/faust/<worker name>."""
+    path = settings.home / "faust" / settings.worker_name
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
 def build_app(settings: Settings) -> faust.App:
     topics = topics_for(settings)
     app = faust.App(
         topics.group("processors"),
         broker=f"eventpipe://{settings.kafka_bootstrap}",  # processors/transport.py
-        store="memory://",
+        # RocksDB (rocksdict) keeps each partition's state on disk with the changelog offset it reached:
+        # a restarted worker reads only what was written since, not the whole changelog.
+        store="rocksdb://",
         processing_guarantee=PROCESSING_GUARANTEE,
         topic_partitions=settings.partitions,
         topic_replication_factor=resolved_replication_factor(settings),
@@ -265,7 +274,7 @@ def build_app(settings: Settings) -> faust.App:
         table_standby_replicas=0,
         web_enabled=False,
         Event=TakenEvent,
-        datadir=str(settings.home / "faust"),
+        datadir=str(datadir(settings)),
     )
     sources = app.topic(topics.raw_events, topics.identity_inbox, key_type=bytes, value_type=bytes)
     schema = faust.Schema(key_serializer="json", value_serializer="json")

@@ -123,9 +123,11 @@ class Stack:
         log = self.home / f"{stage}-{len(self.procs)}.log"
         self.logs.append(log)
         with log.open("wb") as fh:
+            # Every process its own worker name: two processors in one home must not share RocksDB state.
+            name = {"EVENTPIPE_WORKER_NAME": f"{stage}-{len(self.procs)}"}
             proc = subprocess.Popen(
                 [sys.executable, "-m", "eventpipe.cli", stage],
-                env={**self.env, **(env or {})},
+                env={**self.env, **name, **(env or {})},
                 cwd=ROOT,
                 stdout=fh,
                 stderr=subprocess.STDOUT,
