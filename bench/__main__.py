@@ -7,9 +7,10 @@ import os
 import sys
 from types import ModuleType
 
-from bench import gateway, processors, sink
+from bench import gateway, processors, restart, sink
 
-BENCHMARKS: dict[str, ModuleType] = {"gateway": gateway, "processors": processors, "sink": sink}
+BENCHMARKS: dict[str, ModuleType] = {"gateway": gateway, "processors": processors, "sink": sink,
+                                    "restart": restart}
 
 
 def build_parser() -> argparse.ArgumentParser:
