@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run up down test chaos unit lint bench services services-test services-down clean install
+.PHONY: run up down test chaos soak unit lint bench services services-test services-down clean install
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,13 @@ chaos: $(STAMP)
 	bash deploy/local/kafka.sh start
 	bash deploy/local/clickhouse.sh start
 	$(BIN)/pytest -q -m "" tests/test_it_chaos.py tests/test_it_kafka_cluster.py tests/test_it_identity.py
+
+## soak: the real processors against the reference model on many more Hypothesis histories
+## (tests/test_it_identity_properties.py; EVENTPIPE_SOAK_HISTORIES per stack, default 2000).
+soak: $(STAMP)
+	bash deploy/local/kafka.sh start
+	bash deploy/local/clickhouse.sh start
+	$(BIN)/pytest -q -s -m soak tests/test_it_identity_properties.py
 
 unit: $(STAMP)
 	$(BIN)/pytest -q -m "not integration"
