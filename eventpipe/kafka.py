@@ -8,7 +8,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -145,8 +145,24 @@ async def ensure_topics(settings: Settings, specs: Iterable[NewTopic] | None = N
                 if code and code != TopicAlreadyExistsError.errno:
                     detail = f"{for_code(code).__name__} {message[0] if message else ''}".rstrip()
                     raise TopicCreationError(f"Kafka refused topic {topic} (RF {spec.replication_factor}): {detail}")
+        # CreateTopics returns before every broker's metadata has the topic: a consumer subscribing right
+        # away could see a topic without partitions, get none of it assigned and only look again after
+        # metadata.max.age (5 minutes). So wait until each topic has a leader for every partition.
+        names = [spec.name for spec in wanted]
+        while not _all_led(await admin.describe_topics(names), names):  # noqa: ASYNC110 (polls the broker)
+            await asyncio.sleep(0.1)
 
     await _with_admin(settings, create, timeout_s)
+
+
+def _all_led(described: list[dict[str, Any]], names: list[str]) -> bool:
+    """Every topic of ``names`` described without error, with a leader for each of its partitions."""
+    seen = {
+        t["topic"]: t
+        for t in described
+        if not t.get("error_code") and t.get("partitions") and all(p.get("leader", -1) >= 0 for p in t["partitions"])
+    }
+    return all(name in seen for name in names)
 
 
 def producer(settings: Settings, **overrides: object) -> AIOKafkaProducer:

@@ -47,6 +47,7 @@ from eventpipe.metrics import ProcessorMetrics
 from eventpipe.supervisor import clear_ready, mark_ready, run_dir
 from processors import protocol
 from processors.liveness import Liveness
+from processors.ordering import Admit, InOrder
 
 log = logging.getLogger("eventpipe.processors")
 
@@ -286,6 +287,7 @@ def build_app(settings: Settings) -> faust.App:
     admin: list[web.AppRunner] = []
     started = asyncio.Event()
     liveness = Liveness()
+    in_order = InOrder()
     metrics, names = ProcessorMetrics(), source_names(topics)
 
     @app.task
@@ -303,9 +305,10 @@ def build_app(settings: Settings) -> faust.App:
             async with written_or_held(app, events):
                 await run_batch(events)
 
-    async def run_batch(events: Sequence[faust.EventT]) -> None:
+    async def run_batch(batch: Sequence[faust.EventT]) -> None:
         if not started.is_set():
             await started.wait()
+        events = await in_offset_order(batch)
         began = time.monotonic()
         out = Outbox(edges["producer"])
         overlay = Overlay(identity)
@@ -350,6 +353,30 @@ def build_app(settings: Settings) -> faust.App:
             reason = f"partitions {sorted(map(str, verdict.give_up))} stayed stalled after a resume"
             log.error("%s: exiting so the supervisor restarts this worker (it reads from committed offsets)", reason)
             await app.crash(RuntimeError(reason))
+
+    async def in_offset_order(batch: Sequence[faust.EventT]) -> list[faust.EventT]:
+        """processors/ordering.py: the batch's messages that are their partition's next offset; a
+        partition with a hole is sought back to it (its later messages stay untaken, so uncommitted)."""
+        consumer = app.consumer
+        committed = getattr(consumer, "committed_offset", lambda _tp: None)
+        admitted, holes = [], {}
+        for event in batch:
+            tp = event.message.tp
+            verdict = in_order.admit(tp, event.message.offset, committed(tp))
+            if verdict is Admit.TAKE:
+                admitted.append(event)
+            elif verdict is Admit.GAP:
+                event.taken = False  # type: ignore[attr-defined]
+                holes.setdefault(tp, (in_order.resume_at(tp, committed(tp)), event.message.offset))
+        for tp, (resume, seen) in holes.items():
+            if resume is not None and in_order.should_seek(tp, resume, time.monotonic()):
+                log.warning("%s: offset %d arrived before %d; reading again from %d", tp, seen, resume, resume)
+                await consumer.seek(tp, resume)
+        return admitted
+
+    @app.on_partitions_revoked.connect
+    async def forget_positions(_sender: object, *_args: object, **_kwargs: object) -> None:
+        in_order.reset()
 
     @app.on_before_shutdown.connect
     async def stop_edges(_sender: object, **_kwargs: object) -> None:

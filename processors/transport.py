@@ -45,6 +45,10 @@ class Consumer(faust_aiokafka.Consumer):
         self._holes: dict[TP, tuple[int, float]] = {}  # tp -> (committed offset, first seen)
         self._healing: set[TP] = set()
 
+    def committed_offset(self, tp: TP) -> int | None:
+        """The partition's committed offset as this consumer knows it: the next offset to read."""
+        return self._committed_offset.get(tp)
+
     def _new_offset(self, tp: TP) -> int | None:
         committed = self._committed_offset[tp]
         acked = self._acked[tp]
