@@ -154,7 +154,7 @@ class TakenEvent(faust.Event):
         return bool(super().ack())
 
 
-def taking(stream: faust.StreamT, liveness: Liveness | None = None) -> faust.StreamT:
+def taking(stream: faust.StreamT) -> faust.StreamT:
     """Mark every event ``stream`` hands to the agent as taken, with its context (a processor runs
     before take_events' buffer sees the event; a message the stream skips never gets here)."""
 
@@ -163,8 +163,6 @@ def taking(stream: faust.StreamT, liveness: Liveness | None = None) -> faust.Str
         if isinstance(event, TakenEvent):
             event.taken = True
             event.context = contextvars.copy_context()
-            if liveness is not None:
-                liveness.taken(event.message.tp, event.message.offset, time.monotonic())
         return value
 
     stream.add_processor(mark)
@@ -301,7 +299,7 @@ def build_app(settings: Settings) -> faust.App:
 
     @app.agent(sources)
     async def identity_agent(stream: faust.StreamT) -> None:
-        async for events in taking(stream, liveness).take_events(BATCH, within=BATCH_WINDOW_S):
+        async for events in taking(stream).take_events(BATCH, within=BATCH_WINDOW_S):
             async with written_or_held(app, events):
                 await run_batch(events)
 
@@ -355,24 +353,27 @@ def build_app(settings: Settings) -> faust.App:
             await app.crash(RuntimeError(reason))
 
     async def in_offset_order(batch: Sequence[faust.EventT]) -> list[faust.EventT]:
-        """processors/ordering.py: the batch's messages that are their partition's next offset; a
-        partition with a hole is sought back to it (its later messages stay untaken, so uncommitted)."""
-        consumer = app.consumer
-        committed = getattr(consumer, "committed_offset", lambda _tp: None)
-        admitted, holes = [], {}
+        """processors/ordering.py: the batch's messages that are their partition's next offset; the
+        messages past a hole stay untaken (uncommitted) and :func:`seek_holes` reads the hole again."""
+        committed = getattr(app.consumer, "committed_offset", lambda _tp: None)
+        admitted = []
+        now = time.monotonic()
         for event in batch:
-            tp = event.message.tp
-            verdict = in_order.admit(tp, event.message.offset, committed(tp))
+            message = event.message
+            verdict = in_order.admit(message.tp, message.offset, committed(message.tp), now)
             if verdict is Admit.TAKE:
                 admitted.append(event)
+                liveness.taken(message.tp, message.offset, now)
             elif verdict is Admit.GAP:
                 event.taken = False  # type: ignore[attr-defined]
-                holes.setdefault(tp, (in_order.resume_at(tp, committed(tp)), event.message.offset))
-        for tp, (resume, seen) in holes.items():
-            if resume is not None and in_order.should_seek(tp, resume, time.monotonic()):
-                log.warning("%s: offset %d arrived before %d; reading again from %d", tp, seen, resume, resume)
-                await consumer.seek(tp, resume)
         return admitted
+
+    @app.timer(0.5)
+    async def seek_holes() -> None:
+        for tp, offset in in_order.due_seeks(time.monotonic()):
+            if tp in app.consumer.assignment():
+                log.warning("%s: messages after offset %d arrived before it; reading again from %d", tp, offset, offset)
+                await app.consumer.seek(tp, offset)
 
     @app.on_partitions_revoked.connect
     async def forget_positions(_sender: object, *_args: object, **_kwargs: object) -> None:

@@ -21,36 +21,46 @@ class Admit(Enum):
     GAP = "gap"  # past the next offset: a hole before it; leave it and seek back
 
 
-SEEK_AGAIN_AFTER_S = 2.0
+QUIET_S = 1.0  # no message past the hole for this long: the stale fetches are drained, seeking is safe
+SEEK_AGAIN_AFTER_S = 3.0
 
 
 class InOrder:
     def __init__(self) -> None:
         self.next: dict[Hashable, int] = {}
-        self.sought: dict[Hashable, tuple[int, float]] = {}
+        # tp -> [offset the partition waits for, when a message past it last arrived, when last sought]
+        self.holes: dict[Hashable, list[float]] = {}
 
     def reset(self) -> None:
         """After a rebalance: where a partition resumes is its committed offset again."""
         self.next.clear()
-        self.sought.clear()
+        self.holes.clear()
 
-    def should_seek(self, tp: Hashable, offset: int, now: float) -> bool:
-        """Seek a partition back to ``offset`` once, not at every later message that was already fetched
-        (each seek restarts the fetch; a second one only if the first did not bring the hole)."""
-        last = self.sought.get(tp)
-        if last is not None and last[0] == offset and now - last[1] < SEEK_AGAIN_AFTER_S:
-            return False
-        self.sought[tp] = (offset, now)
-        return True
-
-    def admit(self, tp: Hashable, offset: int, committed: int | None) -> Admit:
+    def admit(self, tp: Hashable, offset: int, committed: int | None, now: float = 0.0) -> Admit:
         """``committed``: the partition's committed offset (the next to read), for a partition this
         worker has not taken a message of since it was assigned; None if unknown."""
         expected = self.next.get(tp, committed)
         if expected is None or offset == expected:
             self.next[tp] = offset + 1
+            self.holes.pop(tp, None)
             return Admit.TAKE
-        return Admit.SEEN if offset < expected else Admit.GAP
+        if offset < expected:
+            return Admit.SEEN
+        hole = self.holes.setdefault(tp, [expected, now, -1e9])
+        hole[0], hole[1] = expected, now
+        return Admit.GAP
 
     def resume_at(self, tp: Hashable, committed: int | None) -> int | None:
         return self.next.get(tp, committed)
+
+    def due_seeks(self, now: float) -> list[tuple[Hashable, int]]:
+        """Partitions to seek back to their hole now. Not while messages past the hole still arrive: a
+        seek while fetched messages are in flight makes Faust drop the re-read ones (its read-offset
+        filter moves past them), so wait until that partition has been quiet; then again every few
+        seconds until the hole is read."""
+        due = []
+        for tp, hole in self.holes.items():
+            if now - hole[1] >= QUIET_S and now - hole[2] >= SEEK_AGAIN_AFTER_S:
+                hole[2] = now
+                due.append((tp, int(hole[0])))
+        return due

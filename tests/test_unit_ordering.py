@@ -43,9 +43,15 @@ def test_partitions_are_independent_and_a_rebalance_forgets() -> None:
     assert order.admit("a", 3, committed=3) is Admit.TAKE
 
 
-def test_a_hole_is_sought_once_not_at_every_message_after_it() -> None:
+def test_a_hole_is_sought_once_the_partition_is_quiet_then_again_until_read() -> None:
     order = InOrder()
-    assert order.should_seek("p", 11, now=0.0)
-    assert not order.should_seek("p", 11, now=0.5)
-    assert order.should_seek("p", 11, now=3.0)  # the first seek did not bring it: once more
-    assert order.should_seek("p", 20, now=3.1)  # another hole
+    order.admit("p", 10, committed=10, now=0.0)
+    assert order.admit("p", 14, committed=10, now=0.0) is Admit.GAP
+    assert order.due_seeks(now=0.5) == []  # stale messages may still be arriving
+    assert order.admit("p", 15, committed=10, now=0.8) is Admit.GAP
+    assert order.due_seeks(now=1.5) == []
+    assert order.due_seeks(now=2.0) == [("p", 11)]
+    assert order.due_seeks(now=3.0) == []
+    assert order.due_seeks(now=5.1) == [("p", 11)]  # not read yet: once more
+    order.admit("p", 11, committed=10, now=5.5)
+    assert order.due_seeks(now=20.0) == []
