@@ -171,9 +171,16 @@ def build_messages(token: str, team_id: int, n: int, users: int) -> list[tuple[b
     messages: list[tuple[bytes, bytes]] = []
     for start in range(0, n, 100):
         batch = [_posthog_js_event(i, base, users, per_user) for i in range(start, min(n, start + 100))]
-        _, raws = parse_events({"api_key": token, "sent_at": _iso(now), "batch": batch}, ctx)
-        messages += [stamp_team(r.key(), r.to_json(), token, team_id) for r in raws]
+        messages += gateway_messages(batch, token, team_id, ctx)
     return messages
+
+
+def gateway_messages(
+    batch: list[dict[str, Any]], token: str, team_id: int, ctx: RequestContext
+) -> list[tuple[bytes, bytes]]:
+    """One ``/batch/`` body's events as the gateway publishes them: parsed, then the team stamped in."""
+    _, raws = parse_events({"api_key": token, "sent_at": _iso(ctx.now), "batch": batch}, ctx)
+    return [stamp_team(r.key(), r.to_json(), token, team_id) for r in raws]
 
 
 # ------------------------------------------------------------------------------- in-process protocol

@@ -63,7 +63,7 @@ from bench.common import (
     watch,
 )
 from bench.gateway import _broker_pid, _env_int, _event, _iso, _settings
-from bench.processors import IDENTIFY_USERS, _posthog_js_event, committed, describe_group
+from bench.processors import IDENTIFY_USERS, _posthog_js_event, committed, describe_group, gateway_messages
 from eventpipe import config
 from eventpipe.contract import stamp_team
 from eventpipe.kafka import create_team, ensure_topics, producer, topics_for
@@ -135,8 +135,7 @@ def message_chunks(token: str, team_id: int, n: int, users: int) -> Iterator[lis
         messages: list[tuple[bytes, bytes]] = []
         for start in range(chunk, min(n, chunk + CHUNK), 100):
             batch = [_restart_event(i, base, users, per_user) for i in range(start, min(n, start + 100))]
-            _, raws = parse_events({"api_key": token, "sent_at": _iso(now), "batch": batch}, ctx)
-            messages += [stamp_team(r.key(), r.to_json(), token, team_id) for r in raws]
+            messages += gateway_messages(batch, token, team_id, ctx)
         yield messages
 
 
