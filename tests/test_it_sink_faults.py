@@ -116,12 +116,12 @@ def test_migrations_twice_leave_schema_unchanged(
         stack.close()
 
 
-def _event_row(i: int, team_id: int = 1) -> dict[str, object]:
+def _event_row(i: int, person_id: str = str(uuid.UUID(int=0))) -> dict[str, object]:
     row: dict[str, object] = dict.fromkeys(EVENT_ROW_COLUMNS, "")
     ts = "2024-05-01 12:00:00.000000"
     row.update(
         uuid=str(uuid.UUID(int=i + 1)), event="refused-test", properties="{}", timestamp=ts, created_at=ts,
-        team_id=team_id, distinct_id=f"d{i}", person_id=str(uuid.UUID(int=0)), person_properties="{}",
+        team_id=1, distinct_id=f"d{i}", person_id=person_id, person_properties="{}",
     )
     return row
 
@@ -161,19 +161,19 @@ async def _read_letters(stack: Stack, expected: int, wait_s: float) -> list[dict
 def test_one_refused_row_goes_to_the_dlq_and_every_other_row_is_stored(
     kafka: str, clickhouse_server: str, tmp_path: Path
 ) -> None:
-    # team_id is Int64: 2**63 is valid JSON the column cannot take (clickhouse-driver refuses it with
-    # Code 53, TYPE_MISMATCH). One such row in a batch of 5,000 must cost exactly that row.
+    # person_id is a UUID column: "not-a-uuid" is valid JSON the column cannot take (the server refuses the
+    # insert with Code 376, CANNOT_PARSE_UUID). One such row in a batch of 5,000 must cost exactly that row.
     n, bad = 5_000, 3_210
     stack = Stack(tmp_path, extra_env={"EVENTPIPE_SINK_BATCH_ROWS": "5000", "EVENTPIPE_SINK_BATCH_SECONDS": "1"})
     try:
         stack.spawn("sink")
         poll(lambda: (stack.home / "run" / "sink.ready").exists(), 90, 0.2, "sink ready")
-        rows = [ujson.dumps(_event_row(i, 2**63 if i == bad else 1)).encode() for i in range(n)]
+        rows = [ujson.dumps(_event_row(i, "not-a-uuid") if i == bad else _event_row(i)).encode() for i in range(n)]
         asyncio.run(_produce_rows(stack, rows))
         poll(lambda: count(stack) >= n - 1, timeout=120, interval=0.5, what="good rows inserted")
         letters = asyncio.run(_read_letters(stack, 1, 60))
         assert [(letter["partition"], letter["offset"]) for letter in letters] == [(0, bad)]
-        assert "Code: 53" in str(letters[0]["reason"]) and letters[0]["raw"] == rows[bad].decode()
+        assert "Code: 376" in str(letters[0]["reason"]) and letters[0]["raw"] == rows[bad].decode()
         assert count(stack) == n - 1
         assert stack.sql(f"SELECT count() AS n FROM events WHERE distinct_id = 'd{bad}'")[0]["n"] in (0, "0")
     finally:

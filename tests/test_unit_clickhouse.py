@@ -10,7 +10,7 @@ from clickhouse import batch as batch_mod
 from clickhouse.batch import PartitionBuffer, dedup_token
 from clickhouse.dialect import MODERN, Dialect, parse_version
 from clickhouse.schema import MIGRATIONS, TABLE_COLUMNS, migrations_table_ddl, pending
-from clickhouse.store import _TOKEN, KafkaRow
+from clickhouse.store import _TOKEN, KafkaRow, json_each_row
 from eventpipe.contract import (
     EVENT_ROW_COLUMNS,
     KAFKA_COLUMNS,
@@ -333,3 +333,19 @@ def test_migrations_table_and_pending() -> None:
     assert pending({1}) == [m for m in MIGRATIONS if m.number != 1]
     assert pending({m.number for m in MIGRATIONS}) == []
     assert pending({99}) == list(MIGRATIONS)
+
+
+def test_json_each_row_splices_the_kafka_coordinates_into_each_line() -> None:
+    rows = [KafkaRow(b'{"a":1}', 1_700_000_000_999, 7, 2), KafkaRow(b' {"b":"x}"}\n', 1_700_000_001_000, 8, 2)]
+    assert json_each_row(rows).split("\n") == [
+        '{"a":1,"_timestamp":1700000000,"_offset":7,"_partition":2}',
+        '{"b":"x}","_timestamp":1700000001,"_offset":8,"_partition":2}',
+    ]
+
+
+@pytest.mark.parametrize("value", [b"{}", b"[1]", b'"s"', b"", b'{"a":1}\n{"b":2}', b'{"a":', b"null"])
+def test_json_each_row_refuses_what_is_not_one_json_object(value: bytes) -> None:
+    # Refused as a row error (ValueError -> the sink bisects and dead-letters exactly that message),
+    # never spliced into zero or two rows.
+    with pytest.raises(ValueError, match="offset 3"):
+        json_each_row([KafkaRow(b'{"ok":1}', 0, 2, 0), KafkaRow(value, 0, 3, 0)])
