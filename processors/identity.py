@@ -4,6 +4,7 @@ processors/protocol.py.
 """
 from __future__ import annotations
 
+import functools
 import uuid
 from typing import Any
 
@@ -43,6 +44,7 @@ def is_illegal_id(distinct_id: object) -> bool:
     return quoted and _listed(distinct_id[1:-1])
 
 
+@functools.lru_cache(maxsize=65_536)  # asked for on every event of an id without a merge pointer
 def new_person_id(team_id: int, distinct_id: str) -> str:
     """The id of the person created for ``distinct_id`` (its first id): the same on every replay.
 

@@ -32,6 +32,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import ujson
+
 from eventpipe.contract import RawEvent, override_row, warning_row
 from processors import registers
 from processors.identity import (
@@ -103,6 +105,9 @@ class Tx:
 
     def __init__(self, state: Any, step: Step, clock: int = 0) -> None:
         self.state, self.step, self.clock = state, step, clock
+        # What each key held when first read, JSON-encoded: a snapshot the protocol's own changes to the
+        # value it got cannot alter (it copies records, but nested values may be shared).
+        self.read: dict[str, str] = {}
 
     def next_version(self, previous: int) -> int:
         return max(previous + 1, self.clock)
@@ -110,10 +115,21 @@ class Tx:
     def get(self, key: str) -> Any:
         if key in self.step.writes:
             return self.step.writes[key]
-        return self.state.get(key)
+        value = self.state.get(key)
+        self.read.setdefault(key, _snapshot(value))
+        return value
 
     def put(self, key: str, value: Any) -> None:
+        """Stage a write, unless it would store exactly what the key holds: most events leave their id's
+        record as it was, and a write costs the runtime a changelog record and a store put (state after
+        the step is the same either way, so skipping it is invisible to the protocol)."""
+        if key not in self.step.writes and self.read.get(key) == _snapshot(value):
+            return
         self.step.writes[key] = value
+
+
+def _snapshot(value: Any) -> str:
+    return ujson.dumps(value, ensure_ascii=False)
 
 
 # -- raw events and their distinct id's partition ------------------------------------------------------

@@ -206,3 +206,66 @@ def test_lag_is_labelled_by_unprefixed_topic_and_partition() -> None:
     t = Topics(prefix="p_")
     lag = {TP(t.raw_events, 3): 5, TP(t.identity_inbox, 0): 0, TP("other", 1): 2}
     assert lag_labels(source_names(t), lag) == {"events_raw:3": 5, "identity_inbox:0": 0, "other:1": 2}
+
+
+# -- the state cache: reads served from what this worker read or wrote, dropped on every rebalance -----
+
+
+class _CountingTable:
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data, self.reads, self.writes = data, 0, 0
+
+    def get(self, key: str) -> Any:
+        self.reads += 1
+        return self.data.get(key)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.writes += 1
+        self.data[key] = value
+
+
+def test_the_cache_serves_repeated_reads_and_sees_applied_writes() -> None:
+    from processors.app import Overlay, StateCache
+
+    table, cache = _CountingTable({"a": 1}), StateCache(limit=100)
+    first = Overlay(table, cache)  # type: ignore[arg-type]
+    first.at(None, 0)
+    assert first.get("a") == 1 and first.get("missing") is None
+    step_writes = {"a": 2}
+    first.pending.append((first.context, 0, "a", step_writes["a"]))
+    first.apply()
+    second = Overlay(table, cache)  # type: ignore[arg-type]
+    second.at(None, 0)
+    assert second.get("a") == 2 and second.get("missing") is None
+    assert table.reads == 2  # a and missing, once each: the second batch read nothing from the table
+    second.at(None, 1)
+    assert second.get("a") == 2 and table.reads == 3  # another partition's store is another key space
+    cache.clear()
+    second.at(None, 0)
+    assert second.get("a") == 2 and table.reads == 4
+
+
+def test_the_cache_is_bounded() -> None:
+    from processors.app import StateCache
+
+    cache = StateCache(limit=100)
+    for i in range(1000):
+        cache.put(0, str(i), i)
+    assert len(cache.values) <= 100 and cache.get(0, "999") == 999 and cache.get(0, "0") is StateCache.MISSING
+
+
+def test_a_write_that_changes_nothing_is_not_staged() -> None:
+    from processors.protocol import Step, Tx
+
+    state = {"i:1:a": {"p": {"regs": {"x": 1}}}}
+    tx = Tx(state, Step())
+    rec = tx.get("i:1:a")
+    tx.put("i:1:a", {"p": {"regs": {"x": 1}}})
+    assert tx.step.writes == {}
+    rec["p"]["regs"]["x"] = 2  # a nested change made in place still counts: the read was snapshotted
+    tx.put("i:1:a", rec)
+    assert tx.step.writes == {"i:1:a": {"p": {"regs": {"x": 2}}}}
+    tx.put("i:1:a", {"p": {"regs": {"x": 1}}})  # back to the stored value after a staged write: staged too
+    assert tx.step.writes == {"i:1:a": {"p": {"regs": {"x": 1}}}}
+    Tx(state, tx.step).put("new", None)  # never read: written
+    assert "new" in tx.step.writes
