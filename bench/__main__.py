@@ -8,11 +8,11 @@ import os
 import sys
 from types import ModuleType
 
-from bench import gateway, processors, restart, sink
+from bench import e2e, gateway, processors, restart, sink
 from bench.summary import Row, print_summary
 
 BENCHMARKS: dict[str, ModuleType] = {"gateway": gateway, "processors": processors, "sink": sink,
-                                    "restart": restart}
+                                    "restart": restart, "e2e": e2e}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,13 +1,17 @@
-"""The benchmarks' pure parts: the one summary table. No Kafka, no ClickHouse, no timing."""
+"""The benchmarks' pure parts: the one summary table, the e2e bench's request bodies and RSS verdicts.
+No Kafka, no ClickHouse, no timing."""
 
 from __future__ import annotations
 
 import argparse
 import types
+import uuid
 
 import pytest
+import ujson
 
 import bench.__main__ as bench_main
+from bench.e2e import PROBE_EVENT, UUID_STAMP, Bodies, RssSeries
 from bench.summary import at_least, at_most, check, info, print_summary, ratio_row, table
 
 
@@ -76,3 +80,28 @@ def test_main_prints_one_table_of_what_ran(monkeypatch: pytest.MonkeyPatch, caps
     assert bench_main.main(["one", "three"]) == 130
     out = capsys.readouterr().out
     assert "every target met" in out and "not run: three" in out
+
+
+def test_e2e_bodies_stamp_a_fresh_uuid_on_every_event_of_every_request() -> None:
+    bodies = Bodies.build("phc_test")
+    assert len(bodies.plain) == len(bodies.probe)
+    seen: set[str] = set()
+    sends = 2 * len(bodies.plain) + 1  # every body twice over: a reused body must not repeat its uuids
+    for send in range(sends):
+        body, first = bodies.stamped(send, probe=send % 2 == 0)
+        batch = ujson.loads(body)["batch"]
+        uuids = [str(uuid.UUID(e["uuid"])) for e in batch]
+        assert uuids[0] == first and UUID_STAMP not in body.decode()
+        assert (batch[0]["event"] == PROBE_EVENT) == (send % 2 == 0)
+        assert all(e["event"] != PROBE_EVENT for e in batch[1:])
+        seen.update(uuids)
+    assert len(seen) == sends * 100
+
+
+def test_soak_growth_is_measured_from_after_warm_up() -> None:
+    series = RssSeries(at=[0, 10, 20, 30, 40, 50, 60],
+                       kib={"sink": [50_000, 90_000, 100_000, 104_000, 105_000, 107_000, 108_000]})
+    warm, end, growth = series.growth("sink", 60) or (0, 0, 0.0)
+    assert (warm, end) == (100_000, 108_000)  # the first sample at or past 20 % of 60 s (t = 20)
+    assert growth == pytest.approx(8.0)
+    assert RssSeries().growth("sink", 60) is None
