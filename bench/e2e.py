@@ -180,6 +180,20 @@ class Bodies:
 
 
 @dataclasses.dataclass
+class ProbeTimes:
+    """perf_counter times of every probe (by uuid): its request sent, answered 200, its row produced to
+    ``clickhouse_events`` (the processors are done with it), and queryable in ClickHouse."""
+
+    sent: dict[str, float] = dataclasses.field(default_factory=dict)
+    answered: dict[str, float] = dataclasses.field(default_factory=dict)
+    row: dict[str, float] = dataclasses.field(default_factory=dict)
+    queryable: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def pending(self, seen: dict[str, float]) -> list[str]:
+        return [u for u in list(self.sent) if u not in seen]
+
+
+@dataclasses.dataclass
 class Load:
     """The load generator over the whole run: requests are numbered across phases (their uuids never
     repeat), accepted events (200 answers) add up across phases as the events table does."""
@@ -190,7 +204,7 @@ class Load:
     sent: int = 0
     accepted: int = 0
     failures: Counter[str] = dataclasses.field(default_factory=Counter)
-    probes: ProbeTimes = dataclasses.field(default_factory=lambda: ProbeTimes())  # of the current phase
+    probes: ProbeTimes = dataclasses.field(default_factory=ProbeTimes)  # of the current phase
 
     async def post(self, probe: bool = False) -> None:
         send, self.sent = self.sent, self.sent + 1
@@ -318,6 +332,9 @@ class Drain:
     def describe(self) -> str:
         verdict = "stored == accepted" if self.exact else "STORED != ACCEPTED  <<<<<<<<<<"
         text = f"the table holds {self.stored:,} distinct events of {self.expected:,} accepted so far: {verdict}"
+        if self.stored > self.expected:
+            text += (" (more than accepted: requests that failed on this side, e.g. a client timeout, had reached "
+                     "Kafka anyway)")
         if self.rows != self.stored:
             text += (f" ({self.rows:,} rows: {self.rows - self.stored:,} duplicates from at-least-once "
                      f"re-deliveries, which the ReplacingMergeTree collapses at merge)")
@@ -358,20 +375,6 @@ async def wait_stored(db: Database, expected: int, stages: Sequence[Stage], star
 
 
 # ------------------------------------------------------------------------------------------ probes
-
-
-@dataclasses.dataclass
-class ProbeTimes:
-    """perf_counter times of every probe (by uuid): its request sent, answered 200, its row produced to
-    ``clickhouse_events`` (the processors are done with it), and queryable in ClickHouse."""
-
-    sent: dict[str, float] = dataclasses.field(default_factory=dict)
-    answered: dict[str, float] = dataclasses.field(default_factory=dict)
-    row: dict[str, float] = dataclasses.field(default_factory=dict)
-    queryable: dict[str, float] = dataclasses.field(default_factory=dict)
-
-    def pending(self, seen: dict[str, float]) -> list[str]:
-        return [u for u in list(self.sent) if u not in seen]
 
 
 def percentile(values: Sequence[float], q: int) -> float:
