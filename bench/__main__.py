@@ -1,4 +1,5 @@
-"""``python -m bench [NAME ...] [options]``: run the named benchmarks (default: all of them)."""
+"""``python -m bench [NAME ...] [options]``: run the named benchmarks (default: all of them), then print one
+table of every headline figure they returned (:mod:`bench.summary`)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import os
 import sys
 from types import ModuleType
 
-from bench import gateway, processors, restart, sink
+from bench import e2e, gateway, processors, restart, sink
+from bench.summary import Row, print_summary
 
 BENCHMARKS: dict[str, ModuleType] = {"gateway": gateway, "processors": processors, "sink": sink,
-                                    "restart": restart}
+                                    "restart": restart, "e2e": e2e}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,12 +39,18 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in args.names if n not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+    names = args.names or list(BENCHMARKS)
+    rows: list[Row] = []
+    ran: list[str] = []
     try:
-        for name in args.names or list(BENCHMARKS):
-            BENCHMARKS[name].run(args)
+        for name in names:
+            rows += BENCHMARKS[name].run(args) or []  # each returns its headline figures (bench.summary.Row)
+            ran.append(name)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the benchmark's clean-up has run (see bench.common.run_async)
         print("interrupted", file=sys.stderr)
         return 130
+    finally:  # what finished is still worth one table, even when a later benchmark failed or was interrupted
+        print_summary(rows, [n for n in names if n not in ran])
     return 0
 
 

@@ -19,17 +19,18 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.protocol.admin import DeleteGroupsRequest
 
-from bench.gateway import ROOT, CpuMeter, CpuSample, _broker_pid, _delete_topics, _proc_cpu_s
+from bench.gateway import ROOT, CpuMeter, CpuSample, _broker_pid, _delete_topics, _free_port, _proc_cpu_s
 from clickhouse.local_server import LocalServer
 
 # The state of deploy/local/*.sh (the local Kafka and ClickHouse), as tests/stack.py finds it.
 LOCAL_DIR = Path(os.environ.get("EVENTPIPE_LOCAL_DIR") or ROOT / ".local")
+T = TypeVar("T")
 
 __all__ = [
     "LOCAL_DIR",
@@ -47,6 +48,7 @@ __all__ = [
     "print_table",
     "quiet_kafka_logs",
     "run_async",
+    "stack_env",
     "stage_meter",
     "stop_stage",
     "topic_counts",
@@ -72,6 +74,20 @@ def clickhouse_server_pid() -> int | None:
     except (OSError, ValueError):
         return None
     return pid if b"clickhouse" in cmdline else None
+
+
+def stack_env(kafka: str, home: Path, prefix: str, **more: str) -> dict[str, str]:
+    """The environment of a benchmark's stage subprocesses: this one's, plus the broker, a state directory,
+    a topic prefix and a free gateway port on loopback of the run's own; ``more`` adds EVENTPIPE_<NAME>."""
+    return {
+        **os.environ,
+        "EVENTPIPE_KAFKA_BOOTSTRAP": kafka,
+        "EVENTPIPE_PORT": str(_free_port()),
+        "EVENTPIPE_HOST": "127.0.0.1",
+        "EVENTPIPE_HOME": str(home),
+        "EVENTPIPE_TOPIC_PREFIX": prefix,
+        **{f"EVENTPIPE_{name.upper()}": value for name, value in more.items()},
+    }
 
 
 def stage_meter(stage: str, pid: int | None = None, clickhouse: bool = False) -> CpuMeter:
@@ -116,7 +132,7 @@ def _die_with_parent() -> None:
         _PRCTL(1, signal.SIGTERM)
 
 
-def run_async(main: Coroutine[Any, Any, None]) -> None:
+def run_async(main: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run`` where SIGTERM (e.g. from ``timeout``) unwinds like Ctrl-C: the benchmark's
     ``finally`` blocks still stop its stages, delete its topics and drop its databases."""
 
@@ -125,7 +141,7 @@ def run_async(main: Coroutine[Any, Any, None]) -> None:
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
-        asyncio.run(main)
+        return asyncio.run(main)
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -318,12 +334,12 @@ async def delete_kafka_state(bootstrap: str, prefix: str) -> None:
         print(f"   could not delete consumer groups {prefix}*: {exc!r} (the broker expires them)")
 
 
-def print_table(rows: Sequence[Sequence[str]]) -> None:
-    """First row is the header; the first column is left-aligned, the others right-aligned."""
+def print_table(rows: Sequence[Sequence[str]], left: int = 1) -> None:
+    """First row is the header; the first ``left`` columns are left-aligned, the others right-aligned."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for n, row in enumerate(rows):
-        print("  " + "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths,
-                                                                                                  strict=True))))
+        print("  " + "  ".join(v.ljust(w) if i < left else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths,
+                                                                                                     strict=True))))
         if n == 0:
             print("  " + "  ".join("-" * w for w in widths))
 

@@ -43,6 +43,7 @@ import ujson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from bench.summary import Row, ratio_row
 from eventpipe import config
 from eventpipe.kafka import create_team, ensure_topics, producer, topics_for
 from gateway.decode import loads
@@ -54,6 +55,7 @@ USERS = 1_000  # distinct_ids the payloads cycle through, so keys spread over ev
 PIPELINED_RUNS = 3  # the ceiling is the best of these (the broker's throughput varies run to run)
 POOL_EVENTS = 5_000  # distinct events built; longer runs cycle through them (the gateway mints uuids)
 JSON = {"Content-Type": "application/json"}
+TARGET = 0.8  # the project's goal for the gateway ÷ its ceiling, per route
 
 
 # ----------------------------------------------------------------------------------------- options
@@ -581,7 +583,7 @@ def _summary(results: dict[str, Result], ceiling: Result) -> None:
 # ---------------------------------------------------------------------------------------------- main
 
 
-async def _main(opts: Options) -> None:
+async def _main(opts: Options) -> list[Row]:
     cores = os.cpu_count() or 1
     prefix = f"bench{uuid.uuid4().hex[:8]}_"
     n_batch = max(1, opts.events // BATCH_SIZE)
@@ -713,7 +715,16 @@ async def _main(opts: Options) -> None:
         print(f"== gateway profile ({opts.profile}), top functions by own time")
         stats = pstats.Stats(str(opts.profile))
         stats.sort_stats("tottime").print_stats(25)
+    return figures(results)
 
 
-def run(args: argparse.Namespace) -> None:
-    asyncio.run(_main(Options.from_args(args)))
+def figures(results: dict[str, Result]) -> list[Row]:
+    """Headline rows for the one table of ``python -m bench``: each route ÷ its same-shape ceiling."""
+    ceilings = {"capture": "raw1", "batch": "raw100"}
+    return [ratio_row("gateway", f"/{key}/ events/s", results[key].events_per_s, results[ceiling].events_per_s,
+                      "events/s", TARGET)
+            for key, ceiling in ceilings.items() if key in results and ceiling in results]
+
+
+def run(args: argparse.Namespace) -> list[Row]:
+    return asyncio.run(_main(Options.from_args(args)))

@@ -62,6 +62,7 @@ from bench.common import (
     topic_counts,
 )
 from bench.gateway import CpuSample, _broker_pid, _env_int, _event, _iso, _ratio, _settings
+from bench.summary import Row, ratio_row
 from eventpipe import config
 from eventpipe.contract import RawEvent, Topics, stamp_team
 from eventpipe.kafka import create_team, ensure_topics, producer, topics_for
@@ -526,7 +527,7 @@ def _mark_done(workers: list[Worker], done: dict[int, int], end: dict[int, int],
 # ---------------------------------------------------------------------------------------------- main
 
 
-async def _main(opts: Options) -> None:
+async def _main(opts: Options) -> list[Row]:
     cores = os.cpu_count() or 1
     base = f"bench{uuid.uuid4().hex[:8]}_"
     print("== processors benchmark")
@@ -628,9 +629,22 @@ async def _main(opts: Options) -> None:
                     stop_stage(stage)
             await delete_kafka_state(opts.kafka, base)
 
-    if passthroughs and phases:
-        _summary(max(passthroughs, key=lambda r: r.progress.rate), phases, work, cores)
+    if not passthroughs or not phases:
+        return []
+    raw = max(passthroughs, key=lambda r: r.progress.rate)
+    _summary(raw, phases, work, cores)
     print_profile(opts.profile, "processors (worker 1 of the first phase)")
+    return figures(raw, phases)
+
+
+def figures(raw: Passthrough, phases: dict[int, WorkersPhase]) -> list[Row]:
+    """Headline rows for the one table of ``python -m bench``: per phase, its slowest worker ÷ the passthrough."""
+    rows = []
+    for k, phase in phases.items():
+        rate = min(phase.worker_rate(w) for w in phase.workers)
+        figure = "events/s per worker" + (f" ({k} workers, the slowest)" if k > 1 else " (1 worker)")
+        rows.append(ratio_row("processors", figure, rate, raw.progress.rate, "events/s", TARGET))
+    return rows
 
 
 def _summary(raw: Passthrough, phases: dict[int, WorkersPhase], work: WorkCost | None, cores: int) -> None:
@@ -671,6 +685,6 @@ def _summary(raw: Passthrough, phases: dict[int, WorkersPhase], work: WorkCost |
     )
 
 
-def run(args: argparse.Namespace) -> None:
+def run(args: argparse.Namespace) -> list[Row]:
     quiet_kafka_logs()
-    run_async(_main(Options.from_args(args)))
+    return run_async(_main(Options.from_args(args)))

@@ -64,6 +64,7 @@ from bench.common import (
 )
 from bench.gateway import _broker_pid, _env_int, _event, _iso, _settings
 from bench.processors import IDENTIFY_USERS, _posthog_js_event, committed, describe_group, gateway_messages
+from bench.summary import Row, at_most
 from eventpipe import config
 from eventpipe.contract import stamp_team
 from eventpipe.kafka import create_team, ensure_topics, producer, topics_for
@@ -578,7 +579,7 @@ def print_restart(r: Restart, c: Changelog) -> None:
 # ---------------------------------------------------------------------------------------------- main
 
 
-async def _main(opts: Options) -> None:
+async def _main(opts: Options) -> list[Row]:
     cores = os.cpu_count() or 1
     base = f"bench{uuid.uuid4().hex[:8]}_"
     print("== restart benchmark")
@@ -594,6 +595,14 @@ async def _main(opts: Options) -> None:
             await delete_kafka_state(opts.kafka, base)
     if phases:
         _summary(phases)
+    return figures(phases)
+
+
+def figures(phases: list[Phase]) -> list[Row]:
+    """Headline rows for the one table of ``python -m bench``: restart -> all probe rows served, per N."""
+    return [at_most("restart", f"restart -> serving after {ph.events:,} events", ph.restart.all_rows_at -
+                    ph.restart.spawned, "s", TARGET_S, note=f"target is for {TARGET_EVENTS:,}")
+            for ph in phases if ph.restart.all_rows_at is not None]
 
 
 def _summary(phases: list[Phase]) -> None:
@@ -629,6 +638,6 @@ def _summary(phases: list[Phase]) -> None:
                   f"{(rb.ready_at - rb.spawned) / (ra.ready_at - ra.spawned):.1f}x the time to ready")
 
 
-def run(args: argparse.Namespace) -> None:
+def run(args: argparse.Namespace) -> list[Row]:
     quiet_kafka_logs()
-    run_async(_main(Options.from_args(args)))
+    return run_async(_main(Options.from_args(args)))

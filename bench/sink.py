@@ -54,6 +54,7 @@ from bench.common import (
     watch,
 )
 from bench.gateway import _env_int, _event, _free_port, _ratio, _settings
+from bench.summary import Row, ratio_row
 from clickhouse.schema import TABLE_COLUMNS
 from clickhouse.store import JSON_INPUT_SETTINGS, KafkaRow, ServerStore, connection_args, json_each_row, migrate
 from eventpipe import config
@@ -398,7 +399,7 @@ def _drop_databases(url: StoreURL, names: list[str]) -> None:
         client.disconnect()
 
 
-async def _main(opts: Options) -> None:
+async def _main(opts: Options) -> list[Row]:
     cores = os.cpu_count() or 1
     run_id = uuid.uuid4().hex[:8]
     prefix = f"bench{run_id}_"
@@ -517,6 +518,14 @@ async def _main(opts: Options) -> None:
     print_profile(opts.profile, "sink (event-loop thread)")
     if opts.profile:
         print_profile(opts.profile.with_name(opts.profile.name + ".store"), "store.insert (the store thread's work)")
+    return figures(results)
+
+
+def figures(results: dict[str, Phase]) -> list[Row]:
+    """The headline row for the one table of ``python -m bench``: the sink ÷ the raw columnar insert."""
+    if "raw" not in results or "sink" not in results:
+        return []
+    return [ratio_row("sink", "rows/s", results["sink"].rate, results["raw"].rate, "rows/s", TARGET)]
 
 
 def _summary(results: dict[str, Phase], cores: int) -> None:
@@ -544,6 +553,6 @@ def _summary(results: dict[str, Phase], cores: int) -> None:
           f"columns are shares of one core during each phase.")
 
 
-def run(args: argparse.Namespace) -> None:
+def run(args: argparse.Namespace) -> list[Row]:
     quiet_kafka_logs()
-    run_async(_main(Options.from_args(args)))
+    return run_async(_main(Options.from_args(args)))

@@ -5,9 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def peak_rss_kib(pid: int, missing_ok: bool = False) -> int:
-    """The process's peak resident set (VmHWM), KiB. A process that is gone raises (a test must not
-    pass on a process that died), unless ``missing_ok`` (then 0: a worker a measurement saw exit)."""
+def _status_kib(pid: int, field: str, missing_ok: bool) -> int:
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
@@ -15,9 +13,20 @@ def peak_rss_kib(pid: int, missing_ok: bool = False) -> int:
             return 0
         raise
     for line in status.splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1])
     return 0
+
+
+def peak_rss_kib(pid: int, missing_ok: bool = False) -> int:
+    """The process's peak resident set (VmHWM), KiB. A process that is gone raises (a test must not
+    pass on a process that died), unless ``missing_ok`` (then 0: a worker a measurement saw exit)."""
+    return _status_kib(pid, "VmHWM", missing_ok)
+
+
+def rss_kib(pid: int, missing_ok: bool = False) -> int:
+    """The process's resident set now (VmRSS), KiB; gone: raises, or 0 with ``missing_ok``."""
+    return _status_kib(pid, "VmRSS", missing_ok)
 
 
 def descendants(pid: int) -> list[int]:
