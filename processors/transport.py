@@ -29,12 +29,23 @@ import logging
 import time
 from typing import Any
 
+import aiokafka
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
+from faust.exceptions import ImproperlyConfigured
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
+from packaging.version import Version
 
 log = logging.getLogger("eventpipe.processors.transport")
 
 HEAL_AFTER_S = 2.0
+# Faust builds its worker's aiokafka consumer with fetch_max_wait_ms=1500 and no setting for it. aiokafka
+# leaves a partition whose fetched records are still buffered out of the next fetch request, and sends one
+# request per broker at a time: when that request holds only partitions without new data (an idle
+# identity_inbox partition, say), the broker parks it for the whole wait and the busy partitions are not
+# fetched meanwhile. The e2e bench saw the worker stop for ~1.2 s every ~1.7 s at 1,000 events/s (p50
+# capture -> row 984 ms). 100 ms bounds that stall; an idle worker then polls ten times a second.
+FETCH_MAX_WAIT_MS = 100
 
 
 class Consumer(faust_aiokafka.Consumer):
@@ -44,6 +55,9 @@ class Consumer(faust_aiokafka.Consumer):
         super().__init__(*args, **kwargs)
         self._holes: dict[TP, tuple[int, float]] = {}  # tp -> (committed offset, first seen)
         self._healing: set[TP] = set()
+
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     def committed_offset(self, tp: TP) -> int | None:
         """The partition's committed offset as this consumer knows it: the next offset to read."""
@@ -90,6 +104,62 @@ class Consumer(faust_aiokafka.Consumer):
             committed, tp, first_acked, tp, committed,
         )
         await self.seek(tp, committed)
+
+
+class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust's consumer thread, building the worker's aiokafka consumer with :data:`FETCH_MAX_WAIT_MS`.
+
+    The body is upstream's ``_create_worker_consumer`` with that one argument changed;
+    tests/test_unit_transport.py pins upstream's source, so an upgrade that changes it fails there.
+    """
+
+    def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
+        isolation_level: str = "read_uncommitted"
+        conf = self.app.conf
+        if self.consumer.in_transaction:
+            isolation_level = "read_committed"
+        has_changelog_tables = bool(self.app.tables.changelog_topics)
+        self._assignor = (
+            self.app.assignor
+            if self.app.conf.table_standby_replicas > 0 or has_changelog_tables
+            else RoundRobinPartitionAssignor
+        )
+        auth_settings = faust_aiokafka.credentials_to_aiokafka_auth(conf.broker_credentials, conf.ssl_context)
+        max_poll_interval = conf.broker_max_poll_interval or 0
+        request_timeout = conf.broker_request_timeout
+        session_timeout = conf.broker_session_timeout
+        rebalance_timeout = conf.broker_rebalance_timeout
+        if session_timeout > request_timeout:
+            raise ImproperlyConfigured(
+                f"Setting broker_session_timeout={session_timeout} "
+                f"cannot be greater than broker_request_timeout={request_timeout}"
+            )
+        consumer_kwargs: dict[str, Any] = {}
+        if Version(aiokafka.__version__) < Version("0.13.0"):  # aiokafka 0.13 dropped api_version
+            consumer_kwargs["api_version"] = conf.consumer_api_version
+        return aiokafka.AIOKafkaConsumer(
+            **consumer_kwargs,
+            client_id=conf.broker_client_id,
+            group_id=conf.id,
+            group_instance_id=conf.consumer_group_instance_id,
+            bootstrap_servers=faust_aiokafka.server_list(transport.url, transport.default_port),
+            partition_assignment_strategy=[self._assignor],
+            enable_auto_commit=False,
+            auto_offset_reset=conf.consumer_auto_offset_reset,
+            max_poll_records=conf.broker_max_poll_records,
+            max_poll_interval_ms=int(max_poll_interval * 1000.0),
+            max_partition_fetch_bytes=conf.consumer_max_fetch_size,
+            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+            request_timeout_ms=int(request_timeout * 1000.0),
+            check_crcs=conf.broker_check_crcs,
+            session_timeout_ms=int(session_timeout * 1000.0),
+            rebalance_timeout_ms=int(rebalance_timeout * 1000.0),
+            heartbeat_interval_ms=int(conf.broker_heartbeat_interval * 1000.0),
+            isolation_level=isolation_level,
+            metadata_max_age_ms=conf.consumer_metadata_max_age_ms,
+            connections_max_idle_ms=conf.consumer_connections_max_idle_ms,
+            **auth_settings,
+        )
 
 
 class Transport(faust_aiokafka.Transport):

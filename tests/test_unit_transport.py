@@ -128,3 +128,24 @@ def test_upstream_attributes_the_subclass_relies_on(consumer: transport.Consumer
         assert callable(getattr(base, name)), name
     for name in ("_committed_offset", "_acked", "_acked_index"):
         assert hasattr(consumer, name), name
+
+
+def test_upstream_builds_the_worker_consumer_as_our_copy_assumes() -> None:
+    """ConsumerThread._create_worker_consumer is upstream's with fetch_max_wait_ms changed; if upstream's
+    source changes, compare the two and update the copy (and these digests)."""
+    import hashlib
+    import inspect
+
+    from faust.transport.drivers import aiokafka as upstream
+
+    def digest(fn: object) -> str:
+        return hashlib.sha256(inspect.getsource(fn).encode()).hexdigest()  # type: ignore[arg-type]
+
+    assert digest(upstream.AIOKafkaConsumerThread._create_worker_consumer) == (
+        "c2701bfc3e6f6cad95c2be36d6a255a86e2c57d18d36cc1082b5fb5c482d99d7"
+    )
+    assert digest(upstream.Consumer._new_consumer_thread) == (
+        "0870ec53dea75083995e3565c0f0a25a1c63ecceaeb238e92e2585e3623af5a9"
+    )
+    assert "fetch_max_wait_ms=1500" in inspect.getsource(upstream.AIOKafkaConsumerThread._create_worker_consumer)
+    assert "fetch_max_wait_ms=FETCH_MAX_WAIT_MS" in inspect.getsource(transport.ConsumerThread._create_worker_consumer)
