@@ -58,6 +58,7 @@ log = logging.getLogger("eventpipe.sink")
 
 POLL_MS = 100  # how long a poll waits for records: also the loop's pace while backing off
 WRITING_POLL_MS = 5  # the same while a write is in flight
+FETCH_MAX_WAIT_MS = 100
 MAX_RECORDS = 20_000  # per poll
 DRAIN_S = 15.0  # on SIGTERM: how long to keep writing what is buffered before giving up (re-read later)
 
@@ -147,6 +148,10 @@ class Sink:
             max_partition_fetch_bytes=8 * 1024 * 1024,
             fetch_max_bytes=64 * 1024 * 1024,
             max_poll_interval_ms=600_000,
+            # aiokafka leaves partitions with buffered records out of the next fetch and sends one request
+            # per broker at a time: one holding only idle row topics (groups, warnings, ...) was parked for
+            # the default 500 ms while the events partitions waited.
+            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
             isolation_level="read_committed",  # never read rows of an aborted transaction
         )
         await self.consumer.start()
