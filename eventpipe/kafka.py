@@ -166,7 +166,8 @@ def _all_led(described: list[dict[str, Any]], names: list[str]) -> bool:
 
 
 def producer(settings: Settings, **overrides: object) -> AIOKafkaProducer:
-    """Producer with the durability every stage needs: acks=all, idempotence, short linger."""
+    """Producer with the durability every stage needs: acks=all, idempotence, short linger; batches
+    compressed with EVENTPIPE_KAFKA_COMPRESSION."""
     opts: dict[str, object] = {
         "bootstrap_servers": settings.kafka_bootstrap,
         "acks": "all",
@@ -174,7 +175,7 @@ def producer(settings: Settings, **overrides: object) -> AIOKafkaProducer:
         "linger_ms": 5,
         "max_batch_size": 1024 * 1024,
         "max_request_size": 2 * 1024 * 1024,
-        "compression_type": None,
+        "compression_type": None if settings.kafka_compression == "none" else settings.kafka_compression,
         "request_timeout_ms": 30_000,
     }
     opts.update(overrides)
