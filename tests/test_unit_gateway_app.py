@@ -14,8 +14,11 @@ from gateway import app as gw
 
 
 class FakeRegistry:
-    async def resolve(self, api_key: str) -> int | None:
+    def team_id(self, api_key: str) -> int | None:
         return 1 if api_key == "phc_good" else None
+
+    async def resolve(self, api_key: str) -> int | None:
+        return self.team_id(api_key)
 
 
 class FakeProducer:
