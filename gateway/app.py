@@ -274,7 +274,8 @@ async def capture(request: web.Request) -> web.StreamResponse:
             prepared = await decode(request, route, body, limits)
             del body
             hold.resize(prepared.size)  # the body is gone; its messages are held until Kafka acks
-            team_id = await check_key(request.app, prepared.token)
+            # Known when decoding (the registry's dict read, what check_key reads too), else resolved now.
+            team_id = prepared.team_id if prepared.team_id is not None else await check_key(request.app, prepared.token)
             if prepared.messages:
                 # Keyed team:distinct_id with the team inside: the processors need no registry.
                 messages = prepared.messages

@@ -109,7 +109,11 @@ def _token_of(event: dict[str, Any]) -> Any:
 def request_token(events: list[Any], top: dict[str, Any], query_token: str | None) -> str:
     """The one api key of a request: batch top level wins, then per event, then the query string."""
     token = top.get("api_key") or top.get("token")
-    if not token:
+    if not token and len(events) == 1:  # one event (/capture/): no set of tokens to build
+        token = (_token_of(events[0]) if isinstance(events[0], dict) else None) or query_token
+        if token and not isinstance(token, str):
+            token = str(token)
+    elif not token:
         tokens = {str(t) for e in events if isinstance(e, dict) and (t := _token_of(e))}
         if len(tokens) > 1:
             raise unauthorized("multiple_api_keys", "All events of one request must use the same API key.")
@@ -166,7 +170,7 @@ def _event_uuid(
         except ValueError:
             raise invalid("invalid_payload", 'Event field "uuid" is not a valid UUID!', "uuid") from None
     insert_id = props.get("$insert_id")
-    if isinstance(insert_id, str | int) and not isinstance(insert_id, bool) and insert_id != "":
+    if isinstance(insert_id, (str, int)) and not isinstance(insert_id, bool) and insert_id != "":
         token, name, distinct_id = identity
         seed = f"{token}\0{name}\0{distinct_id}\0{insert_id}".encode("utf-8", "surrogatepass")
         return derived_uuid(hashlib.blake2b(seed, digest_size=16).digest(), _epoch_ms(client_ts))
@@ -236,6 +240,10 @@ def _segment(event: dict[str, Any], props: dict[str, Any]) -> str | None:
     return mapped
 
 
+# What an event carries into ``data`` besides its name and properties, in this order.
+_DATA_FIELDS = ("$set", "$set_once", "$unset", "$groups", "elements_chain", "offset")
+
+
 def normalise(event: Any, request: _Request, index: int = 0, depth_checked: bool = False) -> dict[str, Any] | None:
     """One client event -> the fields of its RawEvent (``RawEvent.as_dict`` order, what goes to Kafka
     without building the object); None for events PostHog drops silently ($performance_event).
@@ -255,7 +263,7 @@ def normalise(event: Any, request: _Request, index: int = 0, depth_checked: bool
     if not isinstance(props, dict):
         raise invalid("invalid_payload", "Event field 'properties' must be an object.", "properties")
     props = dict(props)
-    name = _segment(event, props) or event.get("event")
+    name = (_segment(event, props) if "type" in event else None) or event.get("event")
     if name is None and ctx.route == "engage":
         name = "$identify"
         for op in ("$set", "$set_once", "$unset"):
@@ -267,10 +275,7 @@ def normalise(event: Any, request: _Request, index: int = 0, depth_checked: bool
         return None
     distinct_id = _distinct_id(event, props)
     data: dict[str, Any] = {"event": name[:MAX_EVENT_NAME], "properties": props}
-    for op in ("$set", "$set_once", "$unset"):
-        if op in event:
-            data[op] = event[op]
-    for extra in ("$groups", "elements_chain", "offset"):
+    for extra in _DATA_FIELDS:
         if extra in event:
             data[extra] = event[extra]
 
@@ -322,12 +327,21 @@ def parse_events(payload: Any, ctx: RequestContext, content: bytes | None = None
 
 
 def parse_fields(
-    payload: Any, ctx: RequestContext, content: bytes | None = None, team_of: Callable[[str], int | None] | None = None
+    payload: Any,
+    ctx: RequestContext,
+    content: bytes | None = None,
+    team_of: Callable[[str], int | None] | None = None,
+    containers: int | None = None,
 ) -> tuple[str, int | None, list[dict[str, Any]]]:
     """:func:`parse_events` as the gateway runs it: each event's RawEvent fields as a dict (encoded as
     they are; a RawEvent per event and its ``as_dict`` cost more than the rest of its fields), with the
     team filled in when ``team_of`` knows the api key already (then no splice after the encode; the
-    key is still checked, with a catch-up of the registry, before anything is produced)."""
+    key is still checked, with a catch-up of the registry, before anything is produced).
+
+    ``containers``: an upper bound of the objects and arrays in the payload
+    (:func:`gateway.decode.json_bounds`). A value at depth d sits inside d containers, so with at most
+    :data:`MAX_DEPTH` of them no event can nest too deep and the walk is skipped (a single event's
+    walk costs more than the rest of its parse)."""
     events, top = split_batch(payload)
     if not events:
         raise invalid("invalid_payload", "Batch is empty.", "batch")
@@ -340,6 +354,8 @@ def parse_fields(
     request = _Request(token, top, ctx, content, team_id)
     # One pass over every event's nesting; only when some event is too deep does each event get its own
     # check, in order, so the request is refused for the first bad event as it always was.
-    checked = _depths_ok([e for e in events if isinstance(e, dict)], MAX_DEPTH)
+    checked = (containers is not None and containers <= MAX_DEPTH) or _depths_ok(
+        [e for e in events if isinstance(e, dict)], MAX_DEPTH
+    )
     out = [raw for i, e in enumerate(events) if (raw := normalise(e, request, i, checked)) is not None]
     return token, team_id, out

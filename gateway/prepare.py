@@ -131,8 +131,9 @@ def prepare_text(
     ``bounds``: :func:`~gateway.decode.json_bounds` of ``text`` when the caller counted them already;
     ``team_of``: the team of an api key when known without waiting (see :func:`~gateway.events.parse_fields`).
     """
+    bounds = bounds or json_bounds(text)
     check_json_bounds(text, limits.max_values, limits.max_containers, bounds)
-    token, team_id, events = parse_fields(loads(text), ctx, text, team_of)
+    token, team_id, events = parse_fields(loads(text), ctx, text, team_of, bounds[1])
     max_bytes = limits.max_event_bytes
     return Prepared(token, [encode_fields(e, max_bytes) for e in events], team_id)
 
