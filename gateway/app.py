@@ -22,6 +22,7 @@ from eventpipe.metrics import GatewayMetrics as Metrics
 from eventpipe.teams import api_key_shape_error
 from gateway import server
 from gateway.client_ip import client_ip, parse_networks
+from gateway.deadlines import Deadlines
 from gateway.decode import is_form, parse_form
 from gateway.errors import CaptureError, invalid, timed_out, too_large, unauthorized, unavailable
 from gateway.events import RequestContext
@@ -41,6 +42,7 @@ PROXIES = web.AppKey("proxies", tuple)
 POOL = web.AppKey("pool", DecodePool)
 BUDGET = web.AppKey("budget", server.ByteBudget)
 RAW_TOPIC = web.AppKey("raw_topic", str)
+DEADLINES = web.AppKey("deadlines", Deadlines)
 LIMITS = web.AppKey("limits", dict)  # route -> (body limit, decode Limits), worked out once
 # Five times the body limit inflated on the event routes (posthog-js sends gzip-js batches to /e/);
 # on /batch as much inflated as a raw JSON body may be (PostHog allows 100 MB there, which a gateway
@@ -230,13 +232,14 @@ def _retrieved(future: asyncio.Future[object]) -> None:
 
 async def publish(app: web.Application, messages: list[Message]) -> None:
     """Send every message and wait for Kafka's acks (acks=all); a timeout is a retryable 503."""
-    settings = app[SETTINGS]
     prod = app[PRODUCER]
     topic = app[RAW_TOPIC]
+    deadlines = app[DEADLINES]  # EVENTPIPE_PRODUCE_TIMEOUT_S, one timer per 0.1 s of deadlines
     started = time.perf_counter()
     futures: list[asyncio.Future[object]] = []
+    wait = deadlines.enter()
     try:
-        async with asyncio.timeout(settings.produce_timeout_s):
+        try:
             for i, (key, value) in enumerate(messages):
                 futures.append(await prod.send(topic, value, key=key))
                 if i % 1000 == 999:
@@ -246,10 +249,13 @@ async def publish(app: web.Application, messages: list[Message]) -> None:
             # callback per message (measured: a tenth of the gateway's CPU on 100-event requests).
             for future in futures:
                 await future
+        finally:
+            in_time = deadlines.leave(wait)
     except BaseException as exc:
         for future in futures:
             future.add_done_callback(_retrieved)
-        if not isinstance(exc, TimeoutError | KafkaError):
+        timed_out = isinstance(exc, asyncio.CancelledError) and deadlines.expired(wait, in_time)
+        if not timed_out and not isinstance(exc, KafkaError):
             raise
         app[METRICS].errors.inc("server_error")
         log.warning("kafka did not acknowledge %d events: %r", len(messages), exc)
@@ -259,29 +265,30 @@ async def publish(app: web.Application, messages: list[Message]) -> None:
 
 async def capture(request: web.Request) -> web.StreamResponse:
     route = request.path.strip("/")
-    metrics = request.app[METRICS]
+    app = request.app
+    metrics = app[METRICS]
     metrics.requests.inc(route)
     if request.method == "OPTIONS":
         return web.Response(status=200, headers=cors_headers(request))
-    settings = request.app[SETTINGS]
+    settings = app[SETTINGS]
     try:
-        body_limit, limits = request.app[LIMITS][route]
+        body_limit, limits = app[LIMITS][route]
         if (token := outside_key(request.query)) is not None:
-            await check_key(request.app, token)  # before the body is even read
-        with server.Hold(request.app[BUDGET]) as hold:
+            await check_key(app, token)  # before the body is even read
+        with server.Hold(app[BUDGET]) as hold:
             body = await read_body(request, body_limit, hold, settings.body_timeout_s)
             metrics.bytes.inc(route, len(body))
             prepared = await decode(request, route, body, limits)
             del body
             hold.resize(prepared.size)  # the body is gone; its messages are held until Kafka acks
             # Known when decoding (the registry's dict read, what check_key reads too), else resolved now.
-            team_id = prepared.team_id if prepared.team_id is not None else await check_key(request.app, prepared.token)
+            team_id = prepared.team_id if prepared.team_id is not None else await check_key(app, prepared.token)
             if prepared.messages:
                 # Keyed team:distinct_id with the team inside: the processors need no registry.
                 messages = prepared.messages
                 if prepared.team_id != team_id:  # decoded by a worker, or the key was not known yet
                     messages = stamp_teams(messages, prepared.token, team_id)
-                await publish(request.app, messages)
+                await publish(app, messages)
         metrics.events.inc(route, len(prepared.messages))
     except CaptureError as err:
         metrics.errors.inc(err.code)
@@ -353,6 +360,7 @@ def build_app(
     # The budget must fit the largest body a route accepts, or that body could never be read.
     app[BUDGET] = server.ByteBudget(max(settings.request_memory_bytes, 2 * settings.max_batch_body_bytes))
     app[RAW_TOPIC] = topics_for(settings).raw_events
+    app[DEADLINES] = Deadlines(settings.produce_timeout_s)
     app[LIMITS] = {route: route_limits(settings, route) for route in CAPTURE_ROUTES}
     for route in CAPTURE_ROUTES:
         for path in (f"/{route}", f"/{route}/"):
