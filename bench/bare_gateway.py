@@ -16,7 +16,6 @@ gateway, on the same broker, and divides the gateway's figures by its figures pe
 from __future__ import annotations
 
 import asyncio
-import signal
 from typing import Any
 
 import ujson
@@ -25,6 +24,7 @@ from aiokafka.admin import NewTopic
 
 from eventpipe import config
 from eventpipe.kafka import ensure_topics, producer
+from gateway.server import stop_signal  # SIGTERM/SIGINT only: nothing of the gateway's request path
 
 TOPIC = "bare"  # under the run's topic prefix
 
@@ -59,12 +59,8 @@ async def main() -> None:
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.port).start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await stop_signal()
     finally:
         await runner.cleanup()
         await prod.stop()

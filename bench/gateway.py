@@ -309,6 +309,7 @@ class Result:
     failures: Counter[str] = dataclasses.field(default_factory=Counter)
     cpu: dict[str, float] = dataclasses.field(default_factory=dict)
     produce_mean_s: float | None = None  # the gateway's own mean publish (Kafka ack) time per request
+    log_bytes: int | None = None  # what the local broker's log of the phase's topic grew by
 
     @property
     def events_per_s(self) -> float:
@@ -352,6 +353,8 @@ def _print_result(r: Result) -> None:
     print(f"  {r.name}: {r.events:,} events{reqs} in {r.seconds:.2f} s -> {rate}{lat}")
     if r.produce_mean_s is not None:
         print(f"    gateway's own publish time (send + acks=all) per request: mean {r.produce_mean_s * 1000:.1f} ms")
+    if r.log_bytes is not None and r.events:
+        print(f"    broker log: {r.log_bytes / r.events:,.0f} B per event written (local broker's segment files)")
     if r.failures:
         print(f"    FAILED requests: {dict(r.failures)} (not counted in events/s)")
     if r.cpu:
@@ -520,9 +523,17 @@ async def http_load(
     return Result(name, ok * per_request, ok, seconds, latencies, failures)
 
 
+def _log_bytes(topic: str) -> int | None:
+    """Bytes in the local broker's log segments of ``topic`` (None without a local single-node broker)."""
+    data = Path(os.environ.get("EVENTPIPE_LOCAL_DIR", ROOT / ".local")) / "kafka" / "data"
+    if _broker_pid() is None or not data.is_dir():
+        return None
+    return sum(f.stat().st_size for part in data.glob(f"{topic}-*") for f in part.glob("*.log"))
+
+
 async def gateway_phase(
     gw: Gateway, session: aiohttp.ClientSession, meter: CpuMeter, route: str, bodies: list[bytes], n_requests: int,
-    per_request: int, concurrency: int, label: str = "gateway",
+    per_request: int, concurrency: int, label: str = "gateway", topic: str | None = None,
 ) -> Result:
     url = f"{gw.url}/{route}/"
     name = f"{label} /{route}/ ({per_request}/req x{concurrency})"
@@ -530,12 +541,15 @@ async def gateway_phase(
     warmup = min(concurrency, max(1, n_requests // 10))
     await http_load(session, url, bodies, warmup, per_request, concurrency, name)
     before = await gw.produce_totals(session)
+    log_before = _log_bytes(topic) if topic else None
     result = await _measured(
         meter, lambda: http_load(session, url, bodies, n_requests, per_request, concurrency, name)
     )
     after = await gw.produce_totals(session)
     if before and after and after[1] > before[1]:
         result.produce_mean_s = (after[0] - before[0]) / (after[1] - before[1])
+    if topic and log_before is not None and (log_after := _log_bytes(topic)) is not None:
+        result.log_bytes = log_after - log_before
     return result
 
 
@@ -599,8 +613,8 @@ def _cpu_us(r: Result | None, name: str) -> str:
 
 def _summary(results: dict[str, Result], ceiling: Result) -> None:
     rows: list[tuple[str, ...]] = [(
-        "phase", "events/s", "req/s", "p50 ms", "p99 ms", "CPU µs/ev", "broker µs/ev", "÷ bare same shape",
-        "÷ raw same shape", "÷ raw pipelined",
+        "phase", "events/s", "req/s", "p50 ms", "p99 ms", "CPU µs/ev", "broker µs/ev", "log B/ev",
+        "÷ bare same shape", "÷ raw same shape", "÷ raw pipelined",
     )]
     raw_shape = {"capture": results.get("raw1"), "batch": results.get("raw100")}
     for key, r in results.items():
@@ -618,6 +632,7 @@ def _summary(results: dict[str, Result], ceiling: Result) -> None:
             f"{p99:.1f}" if p99 is not None else "-",
             _cpu_us(r, own),
             _cpu_us(r, "broker"),
+            f"{r.log_bytes / r.events:,.0f}" if r.log_bytes is not None and r.events else "-",
             _ratio(r.events_per_s, bare.events_per_s) if bare else "-",
             _ratio(r.events_per_s, shape.events_per_s) if shape else "-",
             _ratio(r.events_per_s, ceiling.events_per_s),
@@ -668,10 +683,12 @@ async def _http_phases(
         await gw.wait_ready(session)
         print(f"   bare handler (port {bare.port}) and gateway (port {gw.port}) ready in "
               f"{time.perf_counter() - started:.1f} s")
+        topics = {"bare handler": f"{settings.topic_prefix}{BARE_TOPIC}", "gateway": topics_for(settings).raw_events}
         for route, bodies, n_requests, per_request in shapes:
             for key, server, label in ((f"bare_{route}", bare, "bare handler"), (route, gw, "gateway")):
                 results[key + suffix] = r = await gateway_phase(
-                    server, session, meter, route, bodies, n_requests, per_request, opts.concurrency, label
+                    server, session, meter, route, bodies, n_requests, per_request, opts.concurrency, label,
+                    topics[label],
                 )
                 if not first:
                     r.name += f" [{codec}]"
