@@ -1,4 +1,4 @@
-"""Gateway throughput: a bare aiokafka producer (the ceiling) against the real gateway subprocess.
+"""Gateway throughput: the real gateway subprocess against a bare parse-and-produce handler (the ceiling).
 
 Phases, in order, each on its own fresh topics under a unique ``bench<hex>_`` prefix:
 
@@ -6,11 +6,13 @@ Phases, in order, each on its own fresh topics under a unique ``bench<hex>_`` pr
    idempotence, linger 5 ms) sends the gateway's own messages (``RawEvent.to_json`` of the bench
    payloads, made with :func:`gateway.events.parse_events`) as fast as it can, then awaits every ack.
 2. ``raw producer, N/req`` — the same producer driven the way the gateway drives it: ``concurrency``
-   tasks each send N events and await their acks before the next N (N = 1 and N = 100). The gap
-   between these and the gateway is the cost of HTTP, parsing and the gateway's own code.
-3. ``gateway /capture/`` and ``gateway /batch/`` — ``python -m eventpipe.cli gateway`` as a
-   subprocess, loaded from this process over ``concurrency`` keep-alive connections with single-event
-   and 100-event requests.
+   tasks each send N events and await their acks before the next N (N = 1 and N = 100): Kafka's
+   part alone, without HTTP.
+3. Per producer compression (``--compression``), per shape (single-event ``/capture/``, 100-event
+   ``/batch/``): ``bare handler`` — :mod:`bench.bare_gateway`, plain aiohttp + ujson sending each
+   event with the same producer settings and awaiting every ack (the ceiling) — then ``gateway`` —
+   ``python -m eventpipe.cli gateway``; both subprocesses, loaded from this process over
+   ``concurrency`` keep-alive connections with the same bodies, one right after the other.
 
 Figures are printed, never asserted: the machine, the broker and the load generator all share the
 same cores, so the numbers compare shapes on one machine rather than promise capacity.
@@ -43,6 +45,7 @@ import ujson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from bench.bare_gateway import TOPIC as BARE_TOPIC
 from bench.summary import Row, ratio_row
 from eventpipe import config
 from eventpipe.kafka import create_team, ensure_topics, producer, topics_for
@@ -87,6 +90,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="requests in flight (env BENCH_CONCURRENCY, default 64)",
     )
     g.add_argument(
+        "--compression",
+        default=os.environ.get("EVENTPIPE_KAFKA_COMPRESSION") or config.DEFAULT_KAFKA_COMPRESSION,
+        help="producer compression of every phase, or a comma-separated list to run the bare handler and the "
+        f"gateway once per codec ({', '.join(config.KAFKA_COMPRESSIONS)}; env EVENTPIPE_KAFKA_COMPRESSION, "
+        f"default {config.DEFAULT_KAFKA_COMPRESSION})",
+    )
+    g.add_argument(
         "--profile",
         metavar="FILE",
         help="run the gateway under cProfile, write the stats to FILE and print the top functions "
@@ -101,17 +111,24 @@ class Options:
     concurrency: int
     kafka: str
     profile: Path | None
+    compressions: tuple[str, ...] = (config.DEFAULT_KAFKA_COMPRESSION,)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Options:
         events = max(BATCH_SIZE, args.events)
         capture = args.capture_events or max(1, events // 2)
+        compressions = tuple(c.strip().lower() for c in str(args.compression).split(",") if c.strip())
+        unknown = [c for c in compressions if c not in config.KAFKA_COMPRESSIONS]
+        if unknown:
+            raise SystemExit(f"--compression: unknown codec(s) {', '.join(unknown)}; "
+                             f"choose from {', '.join(config.KAFKA_COMPRESSIONS)}")
         return cls(
             events=events,
             capture_events=capture,
             concurrency=max(1, args.concurrency),
             kafka=args.kafka,
             profile=Path(args.profile).resolve() if args.profile else None,
+            compressions=compressions or (config.DEFAULT_KAFKA_COMPRESSION,),
         )
 
 
@@ -255,7 +272,9 @@ class CpuMeter:
     """CPU used by named processes (this one, the gateway, the broker) and the machine between samples."""
 
     def __init__(self) -> None:
-        self.pids: dict[str, int | None] = {"load generator": os.getpid(), "gateway": None, "broker": _broker_pid()}
+        self.pids: dict[str, int | None] = {
+            "load generator": os.getpid(), "gateway": None, "bare handler": None, "broker": _broker_pid()
+        }
 
     def sample(self) -> CpuSample:
         procs = {name: _proc_cpu_s(pid) for name, pid in self.pids.items()}
@@ -292,6 +311,7 @@ class Result:
     failures: Counter[str] = dataclasses.field(default_factory=Counter)
     cpu: dict[str, float] = dataclasses.field(default_factory=dict)
     produce_mean_s: float | None = None  # the gateway's own mean publish (Kafka ack) time per request
+    log_bytes: int | None = None  # what the local broker's log of the phase's topic grew by
 
     @property
     def events_per_s(self) -> float:
@@ -310,8 +330,10 @@ class Result:
         if not self.cpu:
             return ""
         parts = []
-        for name in ("gateway", "load generator", "broker"):
-            if name in self.cpu:
+        for name in ("gateway", "bare handler", "load generator", "broker"):
+            # A server idle in this phase (the bare handler while the gateway is loaded) is left out.
+            idle = name in ("gateway", "bare handler") and self.cpu.get(name, 0.0) < 0.01 * self.seconds
+            if name in self.cpu and not idle:
                 spent = self.cpu[name]
                 per_event = f" ({spent / self.events * 1e6:.0f} µs/event)" if self.events else ""
                 parts.append(f"{name} {spent / self.seconds:.0%} of a core{per_event}")
@@ -333,6 +355,8 @@ def _print_result(r: Result) -> None:
     print(f"  {r.name}: {r.events:,} events{reqs} in {r.seconds:.2f} s -> {rate}{lat}")
     if r.produce_mean_s is not None:
         print(f"    gateway's own publish time (send + acks=all) per request: mean {r.produce_mean_s * 1000:.1f} ms")
+    if r.log_bytes is not None and r.events:
+        print(f"    broker log: {r.log_bytes / r.events:,.0f} B per event written (local broker's segment files)")
     if r.failures:
         print(f"    FAILED requests: {dict(r.failures)} (not counted in events/s)")
     if r.cpu:
@@ -399,18 +423,25 @@ async def raw_shaped(
 # ------------------------------------------------------------------------------------ gateway phases
 
 
-class Gateway:
-    """``python -m eventpipe.cli gateway`` as a subprocess (optionally under cProfile)."""
+GATEWAY = ("eventpipe.cli", "gateway")
+BARE = ("bench.bare_gateway",)
 
-    def __init__(self, env: dict[str, str], home: Path, profile: Path | None) -> None:
+
+class Gateway:
+    """``python -m eventpipe.cli gateway`` (or ``module`` = :data:`BARE`, the bare handler) as a subprocess,
+    optionally under cProfile."""
+
+    def __init__(
+        self, env: dict[str, str], home: Path, profile: Path | None, module: tuple[str, ...] = GATEWAY
+    ) -> None:
         self.env = env
         self.port = int(env["EVENTPIPE_PORT"])
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = home / "gateway.log"
+        self.log = home / f"{module[-1].rsplit('.', 1)[-1]}.log"
         self.profile = profile
-        cmd = [sys.executable, "-m", "eventpipe.cli", "gateway"]
+        cmd = [sys.executable, "-m", *module]
         if profile:
-            cmd = [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "eventpipe.cli", "gateway"]
+            cmd = [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", *module]
         home.mkdir(parents=True, exist_ok=True)
         with self.log.open("wb") as fh:
             self.proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT)
@@ -419,13 +450,13 @@ class Gateway:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n{self.tail()}")
+                raise RuntimeError(f"{self.log.stem} exited with {self.proc.returncode}:\n{self.tail()}")
             with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                 async with session.get(self.url + "/_ready", timeout=aiohttp.ClientTimeout(total=2)) as r:
                     if r.status == 200:
                         return
             await asyncio.sleep(0.2)
-        raise RuntimeError(f"gateway not ready after {timeout_s}s:\n{self.tail()}")
+        raise RuntimeError(f"{self.log.stem} not ready after {timeout_s}s:\n{self.tail()}")
 
     async def produce_totals(self, session: aiohttp.ClientSession) -> tuple[float, float] | None:
         """(sum of seconds, count) of the gateway's produce-latency histogram, from /metrics."""
@@ -448,6 +479,8 @@ class Gateway:
             return ""
 
     def stop(self) -> None:
+        if self.proc.returncode is not None:
+            return  # stopped already (the previous codec's, stopped before the next started)
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
@@ -455,6 +488,7 @@ class Gateway:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        print(f"   {self.log.stem} stopped (exit code {self.proc.returncode})")
 
 
 async def http_load(
@@ -491,22 +525,33 @@ async def http_load(
     return Result(name, ok * per_request, ok, seconds, latencies, failures)
 
 
+def _log_bytes(topic: str) -> int | None:
+    """Bytes in the local broker's log segments of ``topic`` (None without a local single-node broker)."""
+    data = Path(os.environ.get("EVENTPIPE_LOCAL_DIR", ROOT / ".local")) / "kafka" / "data"
+    if _broker_pid() is None or not data.is_dir():
+        return None
+    return sum(f.stat().st_size for part in data.glob(f"{topic}-*") for f in part.glob("*.log"))
+
+
 async def gateway_phase(
     gw: Gateway, session: aiohttp.ClientSession, meter: CpuMeter, route: str, bodies: list[bytes], n_requests: int,
-    per_request: int, concurrency: int,
+    per_request: int, concurrency: int, label: str = "gateway", topic: str | None = None,
 ) -> Result:
     url = f"{gw.url}/{route}/"
-    name = f"gateway /{route}/ ({per_request}/req x{concurrency})"
+    name = f"{label} /{route}/ ({per_request}/req x{concurrency})"
     # Warm-up (not counted): opens the connections, fills the producer's metadata and the registry.
     warmup = min(concurrency, max(1, n_requests // 10))
     await http_load(session, url, bodies, warmup, per_request, concurrency, name)
     before = await gw.produce_totals(session)
+    log_before = _log_bytes(topic) if topic else None
     result = await _measured(
         meter, lambda: http_load(session, url, bodies, n_requests, per_request, concurrency, name)
     )
     after = await gw.produce_totals(session)
     if before and after and after[1] > before[1]:
         result.produce_mean_s = (after[0] - before[0]) / (after[1] - before[1])
+    if topic and log_before is not None and (log_after := _log_bytes(topic)) is not None:
+        result.log_bytes = log_after - log_before
     return result
 
 
@@ -557,27 +602,99 @@ def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}" if b else "n/a"
 
 
+def _suffix(key: str) -> str:
+    """``@codec`` of a result key for a compression after the first (``capture@lz4``), else ""."""
+    return key[key.index("@"):] if "@" in key else ""
+
+
+def _cpu_us(r: Result | None, name: str) -> str:
+    if r is None or name not in r.cpu or not r.events:
+        return "-"
+    return f"{r.cpu[name] / r.events * 1e6:.0f}"
+
+
 def _summary(results: dict[str, Result], ceiling: Result) -> None:
-    rows = [("phase", "events/s", "req/s", "p50 ms", "p99 ms", "÷ raw ceiling", "÷ raw same shape")]
-    same_shape = {"capture": results.get("raw1"), "batch": results.get("raw100")}
+    rows: list[tuple[str, ...]] = [(
+        "phase", "events/s", "req/s", "p50 ms", "p99 ms", "CPU µs/ev", "broker µs/ev", "log B/ev",
+        "÷ bare same shape", "÷ raw same shape", "÷ raw pipelined",
+    )]
+    raw_shape = {"capture": results.get("raw1"), "batch": results.get("raw100")}
     for key, r in results.items():
         p50, p99 = r.percentile_ms(50), r.percentile_ms(99)
-        shape = same_shape.get(key)
+        base = key.removesuffix(_suffix(key))
+        bare = results.get(f"bare_{key}") if base in ("capture", "batch") else None
+        shape = raw_shape.get(base.removeprefix("bare_")) if not _suffix(key) else None
+        own = ("gateway" if base in ("capture", "batch") else "bare handler" if base.startswith("bare_")
+               else "load generator")
         rows.append((
             r.name,
             f"{r.events_per_s:,.0f}",
             f"{r.requests_per_s:,.0f}" if r.requests else "-",
             f"{p50:.1f}" if p50 is not None else "-",
             f"{p99:.1f}" if p99 is not None else "-",
-            _ratio(r.events_per_s, ceiling.events_per_s),
+            _cpu_us(r, own),
+            _cpu_us(r, "broker"),
+            f"{r.log_bytes / r.events:,.0f}" if r.log_bytes is not None and r.events else "-",
+            _ratio(r.events_per_s, bare.events_per_s) if bare else "-",
             _ratio(r.events_per_s, shape.events_per_s) if shape else "-",
+            _ratio(r.events_per_s, ceiling.events_per_s),
         ))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for n, row in enumerate(rows):
-        print("  " + "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths,
-                                                                                                  strict=True))))
-        if n == 0:
-            print("  " + "  ".join("-" * w for w in widths))
+    from bench.common import print_table  # bench.common imports this module: imported when used
+
+    print_table(rows)
+    for codec_key in dict.fromkeys(_suffix(k) for k in results):
+        ratios = []
+        for shape in ("capture", "batch"):
+            r, bare = results.get(shape + codec_key), results.get(f"bare_{shape}{codec_key}")
+            if r and bare:
+                ratios.append(f"/{shape}/ {_ratio(r.events_per_s, bare.events_per_s)}")
+        if ratios:
+            codec = codec_key.removeprefix("@") or "first"
+            print(f"   gateway ÷ bare handler ({codec} compression; target >= 0.8): {', '.join(ratios)}")
+
+
+async def _http_phases(
+    opts: Options, env: dict[str, str], settings: config.Settings, payloads: Payloads, meter: CpuMeter,
+    results: dict[str, Result], codec: str, servers: list[Gateway],
+) -> None:
+    """The bare handler and the gateway with producer compression ``codec``, each shape on both, the
+    bare handler first and the gateway right after it (the broker and the machine as alike as can be).
+    ``servers`` holds the subprocesses running, for the caller's clean-up; the previous codec's are stopped."""
+    first = codec == opts.compressions[0]
+    suffix = "" if first else f"@{codec}"
+    while servers:
+        servers.pop().stop()
+    cenv = {**env, "EVENTPIPE_KAFKA_COMPRESSION": codec}
+    print(f"-- bare handler (bench.bare_gateway) and gateway (python -m eventpipe.cli gateway), producer "
+          f"compression {codec}, loaded over HTTP from this process")
+    if opts.profile and first:
+        print(f"   (gateway under cProfile -> {opts.profile}: its figures are slowed by the profiler)")
+    home = settings.home / codec
+    bare = Gateway({**cenv, "EVENTPIPE_PORT": str(_free_port())}, home, None, BARE)
+    servers.append(bare)
+    gw = Gateway(cenv, home, opts.profile if first else None)
+    servers.append(gw)
+    meter.pids["bare handler"], meter.pids["gateway"] = bare.proc.pid, gw.proc.pid
+    n_batch = max(1, opts.events // BATCH_SIZE)
+    shapes = (("capture", payloads.capture_bodies, opts.capture_events, 1),
+              ("batch", payloads.batch_bodies, n_batch, BATCH_SIZE))
+    connector = aiohttp.TCPConnector(limit=2 * opts.concurrency, limit_per_host=opts.concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
+        started = time.perf_counter()
+        await bare.wait_ready(session)
+        await gw.wait_ready(session)
+        print(f"   bare handler (port {bare.port}) and gateway (port {gw.port}) ready in "
+              f"{time.perf_counter() - started:.1f} s")
+        topics = {"bare handler": f"{settings.topic_prefix}{BARE_TOPIC}", "gateway": topics_for(settings).raw_events}
+        for route, bodies, n_requests, per_request in shapes:
+            for key, server, label in ((f"bare_{route}", bare, "bare handler"), (route, gw, "gateway")):
+                results[key + suffix] = r = await gateway_phase(
+                    server, session, meter, route, bodies, n_requests, per_request, opts.concurrency, label,
+                    topics[label],
+                )
+                if not first:
+                    r.name += f" [{codec}]"
+                _print_result(r)
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -595,7 +712,8 @@ async def _main(opts: Options) -> list[Row]:
     )
     print(
         f"   kafka {opts.kafka}, topic prefix {prefix}, {opts.concurrency} requests in flight; "
-        f"{opts.events:,} events for the raw and /batch/ phases, {opts.capture_events:,} for single-event phases"
+        f"{opts.events:,} events for the raw and /batch/ phases, {opts.capture_events:,} for single-event phases; "
+        f"producer compression {', '.join(opts.compressions)}"
     )
     meter = CpuMeter()
     results: dict[str, Result] = {}
@@ -608,8 +726,8 @@ async def _main(opts: Options) -> list[Row]:
             "EVENTPIPE_HOME": str(Path(tmp) / "home"),
             "EVENTPIPE_TOPIC_PREFIX": prefix,
         }
-        settings = _settings(env)
-        gw: Gateway | None = None
+        settings = _settings({**env, "EVENTPIPE_KAFKA_COMPRESSION": opts.compressions[0]})
+        servers: list[Gateway] = []
         try:
             team = await create_team(settings, "bench")
             payloads = Payloads.build(team.api_key, f"http://127.0.0.1:{settings.port}")
@@ -659,34 +777,16 @@ async def _main(opts: Options) -> list[Row]:
             finally:
                 await prod.stop()
 
-            print("-- gateway: python -m eventpipe.cli gateway, loaded over HTTP from this process")
-            if opts.profile:
-                print(f"   (under cProfile -> {opts.profile}: gateway figures are slowed by the profiler)")
-            gw = Gateway(env, settings.home, opts.profile)
-            meter.pids["gateway"] = gw.proc.pid
-            connector = aiohttp.TCPConnector(limit=opts.concurrency, limit_per_host=opts.concurrency)
-            timeout = aiohttp.ClientTimeout(total=60)
-            async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-                started = time.perf_counter()
-                await gw.wait_ready(session)
-                print(f"   gateway ready in {time.perf_counter() - started:.1f} s (port {gw.port})")
-                results["capture"] = await gateway_phase(
-                    gw, session, meter, "capture", payloads.capture_bodies, opts.capture_events, 1, opts.concurrency
-                )
-                _print_result(results["capture"])
-                results["batch"] = await gateway_phase(
-                    gw, session, meter, "batch", payloads.batch_bodies, n_batch, BATCH_SIZE, opts.concurrency
-                )
-                _print_result(results["batch"])
-            landed = await _topic_messages(opts.kafka, topics_for(settings).raw_events, settings.partitions)
-            sent = sum(r.events for k, r in results.items() if k in ("capture", "batch"))
-            warmup = landed - sent
-            print(f"   {topics_for(settings).raw_events} holds {landed:,} messages "
-                  f"({sent:,} measured + {warmup:,} warm-up events)")
+            for codec in opts.compressions:
+                await _http_phases(opts, env, settings, payloads, meter, results, codec, servers)
+            for topic, kind in ((topics_for(settings).raw_events, ""), (f"{prefix}{BARE_TOPIC}", "bare_")):
+                landed = await _topic_messages(opts.kafka, topic, settings.partitions)
+                sent = sum(r.events for k, r in results.items() if k.removesuffix(_suffix(k)) in
+                           (f"{kind}capture", f"{kind}batch"))
+                print(f"   {topic} holds {landed:,} messages ({sent:,} measured + {landed - sent:,} warm-up events)")
         finally:
-            if gw is not None:
-                gw.stop()
-                print(f"   gateway stopped (exit code {gw.proc.returncode})")
+            for server in servers:
+                server.stop()
             try:
                 deleted = await _delete_topics(opts.kafka, prefix)
                 names = ", ".join(sorted(n.removeprefix(prefix) for n in deleted))
@@ -695,22 +795,12 @@ async def _main(opts: Options) -> list[Row]:
                 print(f"   could not delete topics {prefix}*: {exc!r}")
 
     if "raw" in results:
-        print("== summary (events/s ratios: gateway ÷ bare producer; same shape = same events per ack wait and "
-              "concurrency)")
+        print("== summary (÷ bare handler: the issue's ceiling, same shape, same producer compression, same run; "
+              "÷ raw: the producer alone, no HTTP)")
         _summary(results, results["raw"])
-        for key in ("capture", "batch"):
-            r = results.get(key)
-            if r and r.events and "gateway" in r.cpu:
-                print(
-                    f"   gateway /{key}/: {r.cpu['gateway'] / r.seconds:.0%} of a core busy, "
-                    f"{r.cpu['gateway'] / r.events * 1e6:.0f} µs of gateway CPU per event "
-                    f"(one event loop: near 100% means the gateway itself is the bottleneck)"
-                )
-        print(
-            f"   note: only {cores} cores, shared by the gateway, the load generator and the broker. The gateway is one"
-            f" process (one event loop), so it can use at most one core: when it shows ~100% of a core while the"
-            f" machine is not fully busy, the gateway's own CPU is the limit, not the machine."
-        )
+        print(f"   note: only {cores} cores, shared by the gateway, the bare handler, the load generator and the "
+              f"broker. The gateway is one process (one event loop), so it can use at most one core: when it shows "
+              f"~100% of a core while the machine is not fully busy, the gateway's own CPU is the limit.")
     if opts.profile and opts.profile.exists():
         print(f"== gateway profile ({opts.profile}), top functions by own time")
         stats = pstats.Stats(str(opts.profile))
@@ -719,8 +809,10 @@ async def _main(opts: Options) -> list[Row]:
 
 
 def figures(results: dict[str, Result]) -> list[Row]:
-    """Headline rows for the one table of ``python -m bench``: each route ÷ its same-shape ceiling."""
-    ceilings = {"capture": "raw1", "batch": "raw100"}
+    """Headline rows for the one table of ``python -m bench``: each route ÷ the bare handler of its shape (the
+    issue's ceiling), with the first compression measured; the raw producer when the bare phase is missing."""
+    ceilings = {key: f"bare_{key}" if f"bare_{key}" in results else raw
+                for key, raw in (("capture", "raw1"), ("batch", "raw100"))}
     return [ratio_row("gateway", f"/{key}/ events/s", results[key].events_per_s, results[ceiling].events_per_s,
                       "events/s", TARGET)
             for key, ceiling in ceilings.items() if key in results and ceiling in results]

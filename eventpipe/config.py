@@ -97,6 +97,21 @@ def _replication_factor() -> int:
     return int(raw)
 
 
+# zstd: 1/30 of the bytes of the gateway's raw events on the bench's messages (lz4 1/12), producer CPU
+# like lz4's and no more than uncompressed, broker CPU per message below uncompressed (bench/README.md).
+DEFAULT_KAFKA_COMPRESSION = "zstd"
+# Codecs aiokafka's producer writes (gzip from the standard library; snappy, lz4 and zstd through cramjam).
+KAFKA_COMPRESSIONS = ("none", "gzip", "snappy", "lz4", "zstd")
+
+
+def _kafka_compression() -> str:
+    """EVENTPIPE_KAFKA_COMPRESSION: one of :data:`KAFKA_COMPRESSIONS` (empty: the default)."""
+    raw = _env("KAFKA_COMPRESSION", DEFAULT_KAFKA_COMPRESSION).strip().lower() or DEFAULT_KAFKA_COMPRESSION
+    if raw not in KAFKA_COMPRESSIONS:
+        raise ValueError(f"EVENTPIPE_KAFKA_COMPRESSION must be one of {', '.join(KAFKA_COMPRESSIONS)}, got {raw!r}")
+    return raw
+
+
 MIN_SECRET_CHARS = 32
 _PLACEHOLDERS = ("change", "example", "placeholder", "secret", "password", "todo", "xxx")
 
@@ -119,6 +134,8 @@ def _secret(name: str) -> str:
 @dataclass(frozen=True)
 class Settings:
     kafka_bootstrap: str = "127.0.0.1:19092"
+    # Compression of the batches every eventpipe producer writes (consumers decompress transparently).
+    kafka_compression: str = DEFAULT_KAFKA_COMPRESSION
     clickhouse_url: str = ""
     clickhouse_cluster: str = ""
     host: str = "127.0.0.1"
@@ -200,6 +217,7 @@ def load() -> Settings:
     local_dir = Path(os.environ.get("EVENTPIPE_LOCAL_DIR") or default_home()).expanduser().resolve()
     return Settings(
         kafka_bootstrap=_env("KAFKA_BOOTSTRAP", "127.0.0.1:19092"),
+        kafka_compression=_kafka_compression(),
         clickhouse_url=_env("CLICKHOUSE_URL", ""),
         clickhouse_read_url=_env("CLICKHOUSE_READ_URL", ""),
         clickhouse_http_url=_env("CLICKHOUSE_HTTP_URL", ""),

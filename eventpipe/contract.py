@@ -17,7 +17,7 @@ DateTime64(6) and what :func:`format_ts` writes).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,10 +28,16 @@ NIL_UUID = "00000000-0000-0000-0000-000000000000"
 
 
 def format_ts(dt: datetime) -> str:
-    """UTC datetime -> ``YYYY-MM-DD HH:MM:SS.ffffff`` (naive datetimes are taken as UTC)."""
+    """UTC datetime -> ``YYYY-MM-DD HH:MM:SS.ffffff`` (naive datetimes are taken as UTC).
+
+    ``isoformat`` rather than ``strftime(TS_FORMAT)``: the same text (four year digits even before
+    year 1000, where strftime writes fewer) in half the time, and the gateway formats every event's time.
+    """
+    if dt.tzinfo is UTC and dt.year >= 1000:
+        return dt.isoformat(" ", "microseconds")[:26]  # without the "+00:00" (cheaper than a replace)
     if dt.tzinfo is not None:
         dt = dt.astimezone(UTC).replace(tzinfo=None)
-    return dt.strftime(TS_FORMAT)
+    return dt.isoformat(" ", "microseconds")
 
 
 def parse_ts(text: str) -> datetime:
@@ -132,9 +138,26 @@ class RawEvent:
         self.team_id = team_id
         return self
 
+    def as_dict(self) -> dict[str, Any]:
+        """The fields in declaration order, ``data`` not copied (dataclasses.asdict deep-copies it first,
+        which was ~40% of the gateway's CPU; a literal beats a comprehension over ``fields``)."""
+        return {
+            "uuid": self.uuid,
+            "distinct_id": self.distinct_id,
+            "token": self.token,
+            "event": self.event,
+            "timestamp": self.timestamp,
+            "now": self.now,
+            "data": self.data,
+            "sent_at": self.sent_at,
+            "ip": self.ip,
+            "site_url": self.site_url,
+            "warnings": self.warnings,
+            "team_id": self.team_id,
+        }
+
     def to_json(self) -> bytes:
-        # Not dataclasses.asdict: it deep-copies ``data`` first, which was ~40% of the gateway's CPU.
-        return ujson.dumps({f: getattr(self, f) for f in _RAW_FIELDS}, ensure_ascii=False).encode()
+        return ujson.dumps(self.as_dict(), ensure_ascii=False).encode()
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> RawEvent:
@@ -144,19 +167,28 @@ class RawEvent:
         return cls(**obj)
 
 
-_RAW_FIELDS = tuple(f.name for f in fields(RawEvent))
 _NO_TEAM = b'"team_id":null}'
 
 
 def stamp_team(key: bytes, value: bytes, token: str, team_id: int) -> tuple[bytes, bytes]:
     """An encoded raw event (``RawEvent.key`` / ``to_json`` without a team) with its team filled in:
     the gateway learns the team only after decoding, and splicing two byte strings beats re-encoding."""
+    return stamp_teams([(key, value)], token, team_id)[0]
+
+
+def stamp_teams(messages: list[tuple[bytes, bytes]], token: str, team_id: int) -> list[tuple[bytes, bytes]]:
+    """:func:`stamp_team` of every message of one request (one token): the splices are built once."""
     prefix = token.encode() + b":"
-    if not key.startswith(prefix) or not value.endswith(_NO_TEAM):
-        raw = RawEvent.from_json(value)
-        raw.team_id = team_id
-        return raw.key(), raw.to_json()
-    return b"%d:%s" % (team_id, key[len(prefix):]), value[: -len(_NO_TEAM)] + b'"team_id":%d}' % team_id
+    cut, team_key, team_tail = len(prefix), b"%d:" % team_id, b'"team_id":%d}' % team_id
+    out = []
+    for key, value in messages:
+        if key.startswith(prefix) and value.endswith(_NO_TEAM):
+            out.append((team_key + key[cut:], value[: -len(_NO_TEAM)] + team_tail))
+        else:
+            raw = RawEvent.from_json(value)
+            raw.team_id = team_id
+            out.append((raw.key(), raw.to_json()))
+    return out
 
 # Column order of the event rows the processors emit; the sink inserts exactly these (plus the Kafka
 # coordinates) and clickhouse/schema.py checks the events table against it.

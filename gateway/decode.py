@@ -184,9 +184,10 @@ def json_bounds(data: bytes) -> tuple[int, int]:
     return data.count(b",") + containers + 1, containers
 
 
-def check_json_bounds(data: bytes, max_values: int, max_containers: int) -> None:
-    """413 when the payload could hold more JSON values or containers than a request may."""
-    values, containers = json_bounds(data)
+def check_json_bounds(data: bytes, max_values: int, max_containers: int, bounds: tuple[int, int] | None = None) -> None:
+    """413 when the payload could hold more JSON values or containers than a request may (``bounds``:
+    :func:`json_bounds` of ``data``, when already counted)."""
+    values, containers = bounds or json_bounds(data)
     if containers > max_containers:
         raise too_large(f"Payload has more than {max_containers} JSON objects and arrays")
     if values > max_values:

@@ -9,7 +9,7 @@ parse, events are counted and sized before anything is produced.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -18,7 +18,7 @@ import ujson
 from eventpipe.contract import RawEvent
 from gateway.decode import check_json_bounds, json_bounds, loads, payload_bytes
 from gateway.errors import CaptureError
-from gateway.events import RequestContext, parse_events
+from gateway.events import RequestContext, parse_fields
 
 # Limits no real SDK reaches (docs/capture.md, "Limits"): posthog-js batches are at most a few MB and
 # ~150 values per event; a request of 10,000 events (MAX_BATCH_EVENTS) of 100 values is 1 M values.
@@ -51,10 +51,13 @@ class Limits:
 class Prepared:
     token: str
     messages: list[Message]
+    # The team the messages carry already (key ``team_id:distinct_id``); None: keyed ``token:distinct_id``
+    # without a team, for :func:`eventpipe.contract.stamp_teams` once the key is resolved.
+    team_id: int | None = None
 
     @property
     def size(self) -> int:
-        return sum(len(k) + len(v) for k, v in self.messages)
+        return sum(map(len, (b for m in self.messages for b in m)))
 
 
 class Escalate(Exception):
@@ -87,34 +90,52 @@ def _scrubbed(event: RawEvent) -> RawEvent:
 
 def encode_event(event: RawEvent, max_bytes: int = MAX_EVENT_BYTES) -> Message:
     """Kafka key and value of an event (``RawEvent.key`` / ``RawEvent.to_json``); 413 when the value
-    would be larger than the broker takes.
+    would be larger than the broker takes."""
+    return encode_fields(event.as_dict(), max_bytes)
 
-    The value is encoded here like ``to_json`` but with ``allow_nan=False``, so a non-finite float
+
+def encode_fields(event: dict[str, Any], max_bytes: int = MAX_EVENT_BYTES) -> Message:
+    """:func:`encode_event` of a RawEvent's fields (``RawEvent.as_dict``, what parse_fields gives).
+
+    The value is encoded like ``to_json`` but with ``allow_nan=False``, so a non-finite float
     (``1e999`` parses to inf) raises instead of writing ``Infinity``, which is not JSON; that and lone
     surrogates (which UTF-8 can't encode) are the only cases that pay for a scrub and a second encode.
     """
+    team_id = event["team_id"]
     try:
-        key = event.key()
-        value = ujson.dumps({f: getattr(event, f) for f in _FIELDS}, ensure_ascii=False, allow_nan=False).encode()
+        value = ujson.dumps(event, ensure_ascii=False, allow_nan=False).encode()
+        key = f"{event['token'] if team_id is None else team_id}:{event['distinct_id']}".encode()
     except (UnicodeEncodeError, OverflowError):
-        event = _scrubbed(event)
-        key, value = event.key(), event.to_json()
+        scrubbed = _scrubbed(RawEvent(**event))
+        key, value = scrubbed.key(), scrubbed.to_json()
     if len(value) > max_bytes:
         raise CaptureError(
             413,
             "validation_error",
             "payload_too_large",
-            f"Event {event.event[:100]!r} is {len(value)} bytes encoded; at most {max_bytes} bytes per event.",
+            f"Event {event['event'][:100]!r} is {len(value)} bytes encoded; at most {max_bytes} bytes per event.",
             "properties",
         )
     return key, value
 
 
-def prepare_text(text: bytes, ctx: RequestContext, limits: Limits) -> Prepared:
-    """Decoded payload text -> token and messages; CaptureError (a 4xx) for anything out of bounds."""
-    check_json_bounds(text, limits.max_values, limits.max_containers)
-    token, events = parse_events(loads(text), ctx, content=text)
-    return Prepared(token, [encode_event(e, limits.max_event_bytes) for e in events])
+def prepare_text(
+    text: bytes,
+    ctx: RequestContext,
+    limits: Limits,
+    bounds: tuple[int, int] | None = None,
+    team_of: Callable[[str], int | None] | None = None,
+) -> Prepared:
+    """Decoded payload text -> token and messages; CaptureError (a 4xx) for anything out of bounds.
+
+    ``bounds``: :func:`~gateway.decode.json_bounds` of ``text`` when the caller counted them already;
+    ``team_of``: the team of an api key when known without waiting (see :func:`~gateway.events.parse_fields`).
+    """
+    bounds = bounds or json_bounds(text)
+    check_json_bounds(text, limits.max_values, limits.max_containers, bounds)
+    token, team_id, events = parse_fields(loads(text), ctx, text, team_of, bounds[1])
+    max_bytes = limits.max_event_bytes
+    return Prepared(token, [encode_fields(e, max_bytes) for e in events], team_id)
 
 
 def prepare(
@@ -136,6 +157,7 @@ def prepare_inline(
     content_encoding: str,
     ctx: RequestContext,
     limits: Limits,
+    team_of: Callable[[str], int | None] | None = None,
 ) -> Prepared:
     """The decode of a small request, on the event loop; :class:`Escalate` when it is not small.
 
@@ -157,7 +179,7 @@ def prepare_inline(
         if err.status == 413:
             raise Escalate from None  # the worker decides with the route's own limits
         raise
-    values, _containers = json_bounds(text)
-    if values > INLINE_VALUES:
+    bounds = json_bounds(text)
+    if bounds[0] > INLINE_VALUES:
         raise Escalate
-    return prepare_text(text, ctx, limits)
+    return prepare_text(text, ctx, limits, bounds, team_of)

@@ -280,14 +280,19 @@ async def start(app: web.Application, host: str, port: int, limits: ServerLimits
     return Running(runner, server, int(bound), asyncio.create_task(conns.sweep(), name="header-timeouts"))
 
 
-async def serve_forever(app: web.Application, host: str, port: int, limits: ServerLimits, **server_kwargs: Any) -> None:
-    """:func:`start`, then wait for SIGTERM or SIGINT and shut down gracefully (like ``web.run_app``)."""
-    running = await start(app, host, port, limits, **server_kwargs)
+async def stop_signal() -> None:
+    """Return at the first SIGTERM or SIGINT."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def serve_forever(app: web.Application, host: str, port: int, limits: ServerLimits, **server_kwargs: Any) -> None:
+    """:func:`start`, then wait for SIGTERM or SIGINT and shut down gracefully (like ``web.run_app``)."""
+    running = await start(app, host, port, limits, **server_kwargs)
     try:
-        await stop.wait()
+        await stop_signal()
     finally:
         await running.close()

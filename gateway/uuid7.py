@@ -24,7 +24,7 @@ def derived_uuid(digest: bytes, ms: int | None) -> str:
     Formatted from hex directly: it runs once per event on the hot path (0.9 µs, uuid.UUID's 2.2 µs).
     """
     h = digest.hex()
-    variant = "89ab"[int(h[16], 16) & 3]
+    variant = "89ab"[digest[8] >> 4 & 3]  # h[16], the high nibble of byte 8
     if ms is None:
         return f"{h[:8]}-{h[8:12]}-8{h[13:16]}-{variant}{h[17:20]}-{h[20:32]}"
     t = f"{min(max(ms, 0), 0xFFFF_FFFF_FFFF):012x}"  # year 1 and year 9999 both fit, clamped, never wrapped

@@ -42,8 +42,11 @@ def _child(root: str, port: int) -> None:
     from gateway import app as gw
 
     class Registry:
-        async def resolve(self, api_key: str) -> int | None:
+        def team_id(self, api_key: str) -> int | None:
             return 1 if api_key == "phc_good" else None
+
+        async def resolve(self, api_key: str) -> int | None:
+            return self.team_id(api_key)
 
         async def stop(self) -> None:
             pass

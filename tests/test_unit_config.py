@@ -225,3 +225,19 @@ def test_short_or_placeholder_secrets_are_refused(clean_env: pytest.MonkeyPatch,
     with pytest.raises(ValueError, match="EVENTPIPE_ADMIN_SECRET must be at least 32 random characters") as err:
         load()
     assert value not in str(err.value)
+
+
+def test_kafka_compression_defaults_and_reads(clean_env: pytest.MonkeyPatch) -> None:
+    assert load().kafka_compression == config.DEFAULT_KAFKA_COMPRESSION
+    assert config.DEFAULT_KAFKA_COMPRESSION in config.KAFKA_COMPRESSIONS
+    for codec in config.KAFKA_COMPRESSIONS:
+        clean_env.setenv("EVENTPIPE_KAFKA_COMPRESSION", f" {codec.upper()} ")
+        assert load().kafka_compression == codec
+    clean_env.setenv("EVENTPIPE_KAFKA_COMPRESSION", "")
+    assert load().kafka_compression == config.DEFAULT_KAFKA_COMPRESSION
+
+
+def test_unknown_kafka_compression_is_refused(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("EVENTPIPE_KAFKA_COMPRESSION", "brotli")
+    with pytest.raises(ValueError, match="EVENTPIPE_KAFKA_COMPRESSION must be one of none, gzip, snappy, lz4, zstd"):
+        load()

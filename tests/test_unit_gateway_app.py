@@ -7,6 +7,7 @@ from dataclasses import replace
 from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
+from aiokafka.errors import KafkaTimeoutError
 
 from eventpipe.config import Settings
 from eventpipe.contract import RawEvent
@@ -14,26 +15,42 @@ from gateway import app as gw
 
 
 class FakeRegistry:
-    async def resolve(self, api_key: str) -> int | None:
+    def team_id(self, api_key: str) -> int | None:
         return 1 if api_key == "phc_good" else None
+
+    async def resolve(self, api_key: str) -> int | None:
+        return self.team_id(api_key)
 
 
 class FakeProducer:
-    """Accepts sends; acks only when ``ack`` is set (so a stuck broker can be simulated)."""
+    """Accepts sends; acks only when ``ack`` is set (so a stuck broker can be simulated); ``fail``: the
+    n-th message's ack is that error instead."""
 
-    def __init__(self, ack: bool) -> None:
+    def __init__(self, ack: bool, fail: dict[int, Exception] | None = None) -> None:
         self.ack = ack
+        self.fail = fail or {}
         self.sent: list[tuple[str, bytes, bytes]] = []
 
     async def send(self, topic: str, value: bytes, key: bytes) -> asyncio.Future[Any]:
         self.sent.append((topic, value, key))
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        if self.ack:
+        if len(self.sent) - 1 in self.fail:
+            fut.set_exception(self.fail[len(self.sent) - 1])
+        elif self.ack:
             fut.set_result(None)
         return fut
 
 
-async def _post(producer: FakeProducer, body: dict[str, Any], path: str = "/capture/") -> tuple[int, Any]:
+async def _post(
+    producer: FakeProducer, body: dict[str, Any], path: str = "/capture/", headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
+    status, _headers, payload = await _post_full(producer, body, path, headers)
+    return status, payload
+
+
+async def _post_full(
+    producer: FakeProducer, body: dict[str, Any], path: str = "/capture/", headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], Any]:
     settings = replace(Settings(), produce_timeout_s=0.2)
     app = gw.build_app(settings)
     app.on_startup.clear()
@@ -41,8 +58,8 @@ async def _post(producer: FakeProducer, body: dict[str, Any], path: str = "/capt
     app[gw.PRODUCER] = producer  # type: ignore[misc]
     app[gw.REGISTRY] = FakeRegistry()  # type: ignore[misc]
     async with TestClient(TestServer(app)) as client:
-        resp = await client.post(path, json=body)
-        return resp.status, await resp.json()
+        resp = await client.post(path, json=body, headers=headers)
+        return resp.status, dict(resp.headers), await resp.json()
 
 
 EVENT = {"api_key": "phc_good", "event": "e", "distinct_id": "d"}
@@ -76,3 +93,30 @@ def test_batch_is_all_or_nothing() -> None:
     status, _ = asyncio.run(_post(producer, batch, "/batch/"))
     assert status == 400
     assert producer.sent == []
+
+
+def test_one_failed_ack_of_a_batch_is_a_retryable_503() -> None:
+    batch = {"api_key": "phc_good", "batch": [{"event": "e", "distinct_id": str(i)} for i in range(5)]}
+    status, body = asyncio.run(_post(FakeProducer(ack=True, fail={3: KafkaTimeoutError()}), batch, "/batch/"))
+    assert status == 503 and body["code"] == "server_error"
+
+
+def test_acks_that_never_come_time_out_once_and_later_requests_still_succeed() -> None:
+    async def main() -> tuple[int, int]:
+        stuck = await _post(FakeProducer(ack=False), EVENT)
+        fine = await _post(FakeProducer(ack=True), EVENT)
+        return stuck[0], fine[0]
+
+    assert asyncio.run(main()) == (503, 200)
+
+
+def test_accepted_answer_and_cors_headers() -> None:
+    status, headers, body = asyncio.run(_post_full(FakeProducer(ack=True), EVENT))
+    assert (status, body) == (200, {"status": 1})
+    assert headers["Content-Type"] == "application/json; charset=utf-8"
+    assert headers["Access-Control-Allow-Origin"] == "*" and "Access-Control-Allow-Credentials" not in headers
+    status, headers, _ = asyncio.run(_post_full(FakeProducer(ack=True), EVENT, headers={"Origin": "https://a.example"}))
+    assert status == 200
+    assert headers["Access-Control-Allow-Origin"] == "https://a.example"
+    assert headers["Access-Control-Allow-Credentials"] == "true"
+    assert headers["Content-Type"] == "application/json; charset=utf-8"

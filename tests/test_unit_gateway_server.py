@@ -32,9 +32,12 @@ class FakeRegistry:
     def __init__(self) -> None:
         self.asked: list[str] = []
 
+    def team_id(self, api_key: str) -> int | None:
+        return 1 if api_key == GOOD else None
+
     async def resolve(self, api_key: str) -> int | None:
         self.asked.append(api_key)
-        return 1 if api_key == GOOD else None
+        return self.team_id(api_key)
 
     async def stop(self) -> None:
         pass

@@ -123,3 +123,14 @@ def test_kafka_sh_status_of_a_cluster_never_started(tmp_path: Path) -> None:
     res = _kafka_sh(tmp_path, "status", EVENTPIPE_LOCAL_KAFKA_BROKERS="3", EVENTPIPE_LOCAL_KAFKA_PORT="39992")
     assert res.returncode == 1
     assert "kafka: 0/3 nodes running" in res.stdout
+
+
+def test_cached_partitioner_picks_the_default_partitioners_partitions() -> None:
+    from aiokafka.partitioner import DefaultPartitioner
+
+    cached, default = kafka.CachedPartitioner(max_keys=100), DefaultPartitioner()
+    keys = [f"{team}:user-{i}".encode() for team in (1, 42) for i in range(300)] + [b"", b"\xff" * 7]
+    for partitions in ([0, 1, 2, 3], list(range(12)), [0]):
+        for key in keys * 2:  # the second time from the cache (cleared when full)
+            assert cached(key, partitions, partitions) == default(key, partitions, partitions)
+    assert cached(None, [0, 1, 2, 3], [2]) == 2  # no key: an available partition, like the default

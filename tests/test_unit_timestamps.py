@@ -234,3 +234,29 @@ def test_skew_correction_overflow_falls_back_to_now() -> None:
 
 def test_nan_offset_falls_back_to_now() -> None:
     assert resolve_timestamp(NOW, offset_ms=float("nan")) == (NOW, "ignored_invalid_offset")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "2024-05-01T10:00:00Z",
+        "2024-05-01T10:00:00.123Z",
+        "2024-05-01T10:00:00.123456+02:00",
+        "2024-05-01T10:00:00-05",
+        "2024-05-01 10:00:00",
+        "2024-05-01",
+        "2024-05-01T23:59:59.999999-12:00",
+        "1900-01-01T00:30:00+01:00",
+        "1899-12-31T23:59:59Z",
+        "0001-01-01T00:00+01:00",
+        "9999-12-31T23:59:59-01:00",
+        "2024-13-01T00:00:00Z",
+        "2024-05-01T10:00:00z",
+        "2024-05-01T10:00:00 Z",
+        "2024-05-01garbage",
+    ],
+)
+def test_rfc3339_fast_path_agrees_with_the_normalising_path(value: str) -> None:
+    # A leading space skips the fromisoformat fast path (value[4] is no longer "-"); strip() makes
+    # the text the same again for the normalising path, so both paths see one value.
+    assert parse_time(value) == parse_time(" " + value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta, timezone
@@ -228,3 +229,25 @@ def test_format_ts(dt: datetime, text: str) -> None:
     assert format_ts(dt) == text
     assert format_ts(parse_ts(text)) == text
     assert parse_ts(text).tzinfo == UTC
+
+
+@pytest.mark.parametrize(
+    "dt",
+    [
+        datetime(1900, 1, 1, tzinfo=UTC),
+        datetime(999, 12, 31, 23, 59, 59, 1, tzinfo=UTC),
+        datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(2024, 2, 29, 12, 0, 0, 5, tzinfo=timezone(timedelta(hours=-7))),
+        datetime(2024, 2, 29, 12, 0, 0),
+    ],
+)
+def test_format_ts_is_the_strftime_layout_with_four_year_digits(dt: datetime) -> None:
+    utc = dt.astimezone(UTC).replace(tzinfo=None) if dt.tzinfo else dt
+    assert format_ts(dt) == f"{utc.year:04d}-{utc:%m-%d %H:%M:%S.%f}"
+
+
+def test_raw_event_as_dict_is_every_field_in_order() -> None:
+    event = raw_event()
+    assert list(event.as_dict()) == [f.name for f in dataclasses.fields(RawEvent)]
+    assert event.as_dict() == asdict(event)
+    assert list(event.as_dict())[-1] == "team_id"  # eventpipe.contract.stamp_teams splices it at the end
