@@ -25,8 +25,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--kafka",
-        default=os.environ.get("EVENTPIPE_KAFKA_BOOTSTRAP", "127.0.0.1:19092"),
-        help="Kafka bootstrap servers, for every benchmark (env EVENTPIPE_KAFKA_BOOTSTRAP)",
+        # Like tests/stack.py: the local broker of deploy/local/kafka.sh, on its port.
+        default=os.environ.get("EVENTPIPE_KAFKA_BOOTSTRAP")
+        or f"127.0.0.1:{os.environ.get('EVENTPIPE_LOCAL_KAFKA_PORT', '19092')}",
+        help="Kafka bootstrap servers, for every benchmark (env EVENTPIPE_KAFKA_BOOTSTRAP, else the local broker "
+        "on EVENTPIPE_LOCAL_KAFKA_PORT, 19092)",
     )
     for module in BENCHMARKS.values():
         module.add_arguments(p)
