@@ -13,9 +13,11 @@ import dataclasses
 import logging
 import os
 import pstats
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
@@ -171,7 +173,10 @@ class Stage:
 
     def check_alive(self) -> None:
         if self.proc.poll() is not None:
-            raise RuntimeError(f"{self.stage} exited with {self.proc.returncode}:\n{self.tail()}")
+            # The log lives in the run's temporary home, which the clean-up deletes: keep a copy to read.
+            kept = Path(tempfile.gettempdir()) / f"eventpipe-bench-{self.stage}-{self.proc.pid}.log"
+            shutil.copyfile(self.log, kept)
+            raise RuntimeError(f"{self.stage} exited with {self.proc.returncode} (whole log: {kept}):\n{self.tail()}")
 
     def tail(self, chars: int = 3000) -> str:
         try:

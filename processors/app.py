@@ -72,18 +72,6 @@ CHANGELOG_CONFIG = {
     "min.compaction.lag.ms": "0",
 }
 
-# Faust opens one RocksDB per partition with 3 x 64 MB write buffers and a 2 GB block cache each: a worker's
-# RSS grew for as long as the buffers filled (+37 % over the e2e bench's 10-minute soak) and its ceiling was
-# several GB per partition. The identity state is small records read mostly through StateCache, so smaller
-# buffers and cache bound a worker at about partitions x (2 x 8 + 32) MB of RocksDB memory.
-ROCKSDB_OPTIONS = {
-    "write_buffer_size": 8 * 1024 * 1024,
-    "max_write_buffer_number": 2,
-    "block_cache_size": 32 * 1024 * 1024,
-    "block_cache_compressed_size": 8 * 1024 * 1024,
-}
-
-
 def _dumps(obj: object) -> bytes:
     return ujson.dumps(obj, ensure_ascii=False).encode()
 
@@ -335,8 +323,7 @@ def build_app(settings: Settings) -> faust.App:
     sources = app.topic(topics.raw_events, topics.identity_inbox, key_type=bytes, value_type=bytes)
     schema = faust.Schema(key_serializer="json", value_serializer="json")
     identity = app.Table(
-        "identity", default=None, partitions=settings.partitions, schema=schema, extra_topic_configs=CHANGELOG_CONFIG,
-        options=ROCKSDB_OPTIONS,
+        "identity", default=None, partitions=settings.partitions, schema=schema, extra_topic_configs=CHANGELOG_CONFIG
     )
     by_kind = row_topics(topics)
     edges: dict[str, AIOKafkaProducer] = {}

@@ -3,9 +3,12 @@
 faust-streaming 0.15 can leave a worker assigned to partitions it never reads again after a rebalance
 (seen in tests/test_it_identity.py's kill test, about 1 run in 10: both workers "ready", the fetch
 loop waiting for records, messages unread). Nothing in Faust notices. This watchdog does, from public
-facts only: per partition, the last offset an agent took and the broker's high watermark. A partition
-is *stalled* when it has messages past the last one taken and has taken nothing for ``stall_after_s``,
-outside a rebalance. The worker first resumes it (as Faust does after a rebalance); if it stays
+facts only: per partition, the last offset an agent took, the consumer's fetch position and the broker's
+high watermark. A partition is *stalled* when it has messages past the last one taken, has taken nothing
+and its fetch position has not moved for ``stall_after_s``, outside a rebalance. A moving position is a
+partition being read whose messages wait behind others in the stream (a worker catching up on a backlog
+of events_raw took no identity_inbox message for 20 s although Faust fetched them: restarting it would
+only start the backlog over). The worker first resumes it (as Faust does after a rebalance); if it stays
 stalled for as long again, the worker exits non-zero and the supervisor restarts it, which rejoins the
 group and reads from the committed offsets: nothing is lost, the events are just late.
 """
@@ -23,6 +26,7 @@ class _Progress:
     offset: int | None = None  # last offset taken
     since: float = 0.0  # when it last moved (or the partition was assigned)
     resumed: bool = False
+    position: int | None = None  # the consumer's fetch position at the last check
 
 
 @dataclass
@@ -63,10 +67,12 @@ class Liveness:
             if rebalancing:
                 p.since, p.resumed = now, False
                 continue
-            end = highwater(tp)
-            start = p.offset + 1 if p.offset is not None else position(tp)
+            end, fetched = highwater(tp), position(tp)
+            start = p.offset + 1 if p.offset is not None else fetched
             behind = end is not None and start is not None and end > start
-            if not behind:
+            reading = fetched is not None and p.position is not None and fetched > p.position
+            p.position = fetched if fetched is not None else p.position
+            if not behind or reading:
                 p.since, p.resumed = now, False
                 continue
             if now - p.since < self.stall_after_s:

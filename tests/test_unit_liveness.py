@@ -70,3 +70,20 @@ def test_lag_is_the_end_minus_the_offset_after_the_last_taken() -> None:
     assert live.lag(lambda tp: {"p0": 15, "p1": 7}.get(tp), lambda tp: 4) == {"p0": 5, "p1": 3}
     live.check(2.0, ["p1"], lambda tp: 7, lambda tp: 4, False)  # p0 revoked
     assert live.lag(lambda tp: 7, lambda tp: 4) == {"p1": 3}
+
+
+def test_a_partition_being_fetched_is_not_stalled_while_its_messages_wait_in_the_stream() -> None:
+    # A worker catching up on a backlog: Faust keeps fetching the inbox partition (its position moves) but
+    # the agent took none of its messages for longer than stall_after_s. Not a stall: no resume, no restart.
+    live = Liveness(stall_after_s=10)
+    live.taken(TP, 5, now=0.0)
+    for t in range(1, 60):
+        verdict = check(live, float(t), end=1000, position=6 + t)
+        assert verdict.resume == verdict.give_up == [], t
+    for t in range(60, 90):  # then the position stops too: stalled like any other
+        verdict = check(live, float(t), end=1000, position=65)
+        if verdict.resume:
+            assert t >= 69  # 10 s after the position last moved (t=59)
+            break
+    else:
+        raise AssertionError("never resumed")

@@ -270,14 +270,3 @@ def test_a_write_that_changes_nothing_is_not_staged() -> None:
     Tx(state, tx.step).put("new", None)  # never read: written
     assert "new" in tx.step.writes
 
-
-def test_the_rocksdb_options_reach_faust_under_their_names() -> None:
-    # Table(options=...) is handed to faust's RocksDBOptions: a renamed option would raise here, and a
-    # default that silently came back would show as the value below.
-    from faust.stores.rocksdb import RocksDBOptions
-
-    from processors.app import ROCKSDB_OPTIONS
-
-    opts = RocksDBOptions(**ROCKSDB_OPTIONS)
-    assert opts.write_buffer_size == 8 * 1024 * 1024 and opts.max_write_buffer_number == 2
-    assert opts.block_cache_size == 32 * 1024 * 1024
