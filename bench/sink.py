@@ -188,14 +188,19 @@ def _batches(n: int, size: int) -> list[slice]:
     return [slice(i, min(n, i + size)) for i in range(0, n, size)]
 
 
-def raw_columnar(url: StoreURL, columns: list[list[Any]], batch: int, meter: CpuMeter) -> Phase:
+def bare_client(url: StoreURL) -> Any:
+    """A clickhouse-driver client with the store's own settings (native protocol, no compression, no numpy):
+    what both raw ceilings insert with."""
     from clickhouse_driver import Client
 
-    # The store's own client settings: native protocol, no compression, no numpy.
-    client = Client(
+    return Client(
         **connection_args(url), database=url.database, send_receive_timeout=60, compression=False,
         settings={"use_numpy": False},
     )
+
+
+def raw_columnar(url: StoreURL, columns: list[list[Any]], batch: int, meter: CpuMeter) -> Phase:
+    client = bare_client(url)
     sql = f"INSERT INTO events ({', '.join(f'`{c}`' for c in COLUMNS)}) VALUES"
     n = len(columns[0])
     try:
@@ -213,12 +218,7 @@ def raw_columnar(url: StoreURL, columns: list[list[Any]], batch: int, meter: Cpu
 def raw_json_each_row(url: StoreURL, rows: list[KafkaRow], batch: int, meter: CpuMeter) -> Phase:
     """The ceiling of the store's modern path: the same rows as JSONEachRow text (built before the clock),
     inserted inline by a bare client with the store's settings; the driver's work plus the server's parse."""
-    from clickhouse_driver import Client
-
-    client = Client(
-        **connection_args(url), database=url.database, send_receive_timeout=60, compression=False,
-        settings={"use_numpy": False},
-    )
+    client = bare_client(url)
     sql = f"INSERT INTO events ({', '.join(f'`{c}`' for c in COLUMNS)}) FORMAT JSONEachRow\n"
     bodies = [sql + json_each_row(rows[s]) for s in _batches(len(rows), batch)]
     try:
