@@ -8,6 +8,7 @@ from typing import Any
 import ujson
 
 from eventpipe.contract import NIL_UUID, RawEvent, event_row, warning_row
+from processors.elements import take_elements_chain
 
 
 @dataclass(slots=True)
@@ -32,6 +33,7 @@ def process_event(
             properties.setdefault(op, raw.data[op])
     if raw.ip and "$ip" not in properties:
         properties["$ip"] = raw.ip
+    elements_chain = take_elements_chain(properties, raw.data.get("elements_chain"))
     row = event_row(
         uuid=raw.uuid,
         event=raw.event,
@@ -43,7 +45,7 @@ def process_event(
         person_id=person_id,
         person_properties=person_properties,
         groups=groups,  # type: ignore[arg-type]
-        elements_chain=str(raw.data.get("elements_chain") or ""),
+        elements_chain=elements_chain,
     )
     warnings = [
         warning_row(team_id, w.get("type", "unknown"), "gateway", {**w.get("details", {}), "uuid": raw.uuid}, raw.now)
