@@ -28,9 +28,11 @@ def process_event(
 ) -> Output:
     """A raw event of a known team -> one event row plus the warnings the gateway attached."""
     properties: dict[str, Any] = dict(raw.data.get("properties") or {})
-    for op in ("$set", "$set_once", "$unset"):
-        if op in raw.data:
-            properties.setdefault(op, raw.data[op])
+    for op in ("$set", "$set_once"):
+        if raw.data.get(op) is not None:
+            properties[op] = _merged_op(raw.data[op], properties.get(op))
+    if "$unset" in raw.data:  # PostHog does not copy it; eventpipe always stored it when the properties had none
+        properties.setdefault("$unset", raw.data["$unset"])
     if raw.ip and "$ip" not in properties:
         properties["$ip"] = raw.ip
     elements_chain = take_elements_chain(properties, raw.data.get("elements_chain"))
@@ -57,17 +59,21 @@ def process_event(
 MERGE_EVENTS = ("$create_alias", "$merge_dangerously")
 
 
+def _merged_op(top: Any, inner: Any) -> Any:
+    """One person operation sent both at the event's top level and in its properties: two objects merge,
+    the top level's value winning a key both name (PostHog's ``normalizeEvent``,
+    plugin-server/src/utils/event.ts: ``{...properties.$set, ...event.$set}``); otherwise the top level's
+    when it was sent."""
+    if isinstance(top, dict) and isinstance(inner, dict):
+        return {**inner, **top}
+    return top if top is not None else inner
+
+
 def person_ops(raw: RawEvent) -> tuple[Any, Any, Any]:
-    """``$set`` / ``$set_once`` / ``$unset`` from the event (top level wins) or its properties."""
+    """``$set`` / ``$set_once`` / ``$unset`` from the event's top level and its properties (:func:`_merged_op`)."""
     props = raw.data.get("properties") or {}
-    ops = []
-    for op in ("$set", "$set_once", "$unset"):
-        top, inner = raw.data.get(op), props.get(op)
-        if isinstance(top, dict) and isinstance(inner, dict):
-            ops.append({**inner, **top})
-        else:
-            ops.append(top if top is not None else inner)
-    return ops[0], ops[1], ops[2]
+    set_, set_once, unset = (_merged_op(raw.data.get(op), props.get(op)) for op in ("$set", "$set_once", "$unset"))
+    return set_, set_once, unset
 
 
 def js_string(value: Any) -> str:

@@ -18,7 +18,7 @@ from eventpipe.contract import (
     parse_ts,
 )
 from gateway.events import RequestContext, parse_events
-from processors.transform import process_event
+from processors.transform import person_ops, process_event
 
 NOW = "2024-01-01 12:00:00.000000"
 UUID = "0189f7a2-5b6c-7d8e-9f00-112233445566"
@@ -87,10 +87,17 @@ def test_event_row_shape() -> None:
             id="all-ops",
         ),
         pytest.param(
-            {"event": "e", "properties": {"$set": {"a": "inner"}}, "$set": {"a": "top"}},
+            {"event": "e", "properties": {"$set": {"a": "inner", "b": 1}, "$set_once": {"c": 1}},
+             "$set": {"a": "top"}, "$set_once": {"d": 2}},
             None,
-            {"$set": {"a": "inner"}},
-            id="properties-$set-kept",
+            {"$set": {"a": "top", "b": 1}, "$set_once": {"c": 1, "d": 2}},
+            id="top-level-merged-over-properties",
+        ),
+        pytest.param(
+            {"event": "e", "properties": {"$set": {"a": 1}, "$unset": ["x"]}, "$set": ["bad"], "$unset": ["y"]},
+            None,
+            {"$set": ["bad"], "$unset": ["x"]},
+            id="non-object-top-level-wins-unset-not-merged",
         ),
         pytest.param({"event": "e", "properties": {"a": 1}}, "203.0.113.7", {"a": 1, "$ip": "203.0.113.7"}, id="ip"),
         pytest.param(
@@ -107,6 +114,14 @@ def test_event_row_shape() -> None:
 def test_properties_json(data: dict[str, Any], ip: str | None, expected: dict[str, Any]) -> None:
     (row,) = process_event(raw_event(data=data, ip=ip), 1).events
     assert strict_json(row["properties"]) == expected
+
+
+def test_the_stored_set_is_what_the_person_gets() -> None:
+    data = {"event": "e", "properties": {"$set": {"a": "inner", "b": 1}}, "$set": {"a": "top"}, "$set_once": {"c": 2}}
+    (row,) = process_event(raw_event(data=data), 1).events
+    stored = strict_json(row["properties"])
+    set_, set_once, _unset = person_ops(raw_event(data=data))
+    assert (stored["$set"], stored["$set_once"]) == (set_, set_once) == ({"a": "top", "b": 1}, {"c": 2})
 
 
 def test_unicode_is_not_escaped() -> None:
