@@ -27,10 +27,7 @@ def process_event(
     groups: tuple[str, ...] = ("", "", "", "", ""),
 ) -> Output:
     """A raw event of a known team -> one event row plus the warnings the gateway attached."""
-    properties: dict[str, Any] = dict(raw.data.get("properties") or {})
-    for op in ("$set", "$set_once"):
-        if raw.data.get(op) is not None:
-            properties[op] = _merged_op(raw.data[op], properties.get(op))
+    properties, _lifted = event_properties(raw)
     if "$unset" in raw.data:  # PostHog does not copy it; eventpipe always stored it when the properties had none
         properties.setdefault("$unset", raw.data["$unset"])
     if raw.ip and "$ip" not in properties:
@@ -57,6 +54,72 @@ def process_event(
 
 
 MERGE_EVENTS = ("$create_alias", "$merge_dangerously")
+# Events whose person updates PostHog always writes; on any other event, a person property it lifted from
+# the event's own properties (below) is written only while the person lacks it
+# (plugin-server/src/worker/ingestion/persons/person-update.ts, shouldUpdatePersonIfOnlyChange).
+PERSON_EVENTS = frozenset({"$identify", "$create_alias", "$merge_dangerously", "$set"})
+# Event properties PostHog copies onto the person: ``$set`` as they are, ``$set_once`` as ``$initial_<name
+# without its $>`` (EVENT_TO_PERSON_PROPERTIES and CAMPAIGN_PROPERTIES of
+# plugin-server/src/worker/ingestion/persons/person-property-utils.ts).
+EVENT_TO_PERSON_PROPERTIES = frozenset({
+    # mobile
+    "$app_build", "$app_name", "$app_namespace", "$app_version",
+    # web
+    "$browser", "$browser_version", "$device_type", "$current_url", "$pathname", "$os", "$os_name",
+    "$os_version", "$referring_domain", "$referrer", "$screen_height", "$screen_width", "$viewport_height",
+    "$viewport_width", "$raw_user_agent",
+    # campaigns
+    "utm_source", "utm_medium", "utm_campaign", "utm_content", "utm_name", "utm_term", "gclid", "gad_source",
+    "gclsrc", "dclid", "gbraid", "wbraid", "fbclid", "msclkid", "twclid", "li_fat_id", "mc_cid", "igshid",
+    "ttclid", "rdt_cid", "irclid", "_kx", "epik", "qclid", "sccid",
+})
+NO_PERSON_PROPERTIES_EVENTS = ("$snapshot", "$performance_event")
+
+
+def initial_name(key: str) -> str:
+    """``$browser`` -> ``$initial_browser``, ``utm_source`` -> ``$initial_utm_source`` (the first ``$`` goes)."""
+    return "$initial_" + key.replace("$", "", 1)
+
+
+def event_properties(raw: RawEvent) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """The properties PostHog's ``normalizeEvent`` (plugin-server/src/utils/event.ts) makes of the event's,
+    and the keys of their ``$set`` it lifted from the event's own properties.
+
+    * ``$set`` / ``$set_once`` sent at the top level are merged over the properties' (:func:`_merged_op`);
+    * every :data:`EVENT_TO_PERSON_PROPERTIES` key among the properties goes into ``$set`` (an explicit
+      ``$set`` of the key wins) and, unless its value is null, into ``$set_once`` as
+      :func:`initial_name` (an explicit one wins): ``personInitialAndUTMProperties`` in
+      plugin-server/src/utils/db/utils.ts. A null first-touch value would block the real one forever, so
+      PostHog leaves it out of ``$set_once`` since its PR 74742. ``$os_name`` (some SDKs send it) stands in
+      for a missing ``$os`` and is not itself copied.
+    """
+    properties: dict[str, Any] = dict(raw.data.get("properties") or {})
+    for op in ("$set", "$set_once"):
+        if raw.data.get(op) is not None:
+            properties[op] = _merged_op(raw.data[op], properties.get(op))
+    if raw.event in NO_PERSON_PROPERTIES_EVENTS:
+        return properties, ()
+    found = {k: v for k, v in properties.items() if k in EVENT_TO_PERSON_PROPERTIES}
+    if not found:
+        return properties, ()
+    explicit_set = properties.get("$set") if isinstance(properties.get("$set"), dict) else {}
+    explicit_once = properties.get("$set_once") if isinstance(properties.get("$set_once"), dict) else {}
+    set_ = {**found, **explicit_set}
+    set_once = {**{initial_name(k): v for k, v in found.items() if v is not None}, **explicit_once}
+    os_name = properties.get("$os_name")
+    if os_name:
+        if properties.get("$os") is None:
+            properties["$os"] = os_name
+        if set_.get("$os") is None:
+            set_["$os"] = os_name
+        if set_once.get("$initial_os") is None:
+            set_once["$initial_os"] = os_name
+        set_.pop("$os_name", None)
+        set_once.pop("$initial_os_name", None)
+    properties["$set"] = set_
+    if set_once:
+        properties["$set_once"] = set_once
+    return properties, tuple(k for k in set_ if k not in explicit_set)
 
 
 def _merged_op(top: Any, inner: Any) -> Any:
@@ -70,9 +133,22 @@ def _merged_op(top: Any, inner: Any) -> Any:
 
 
 def person_ops(raw: RawEvent) -> tuple[Any, Any, Any]:
-    """``$set`` / ``$set_once`` / ``$unset`` from the event's top level and its properties (:func:`_merged_op`)."""
+    """``$set`` / ``$set_once`` / ``$unset`` for the event's person: those of :func:`event_properties`, with
+    ``$unset`` from the top level and the properties (:func:`_merged_op`).
+
+    On an event that is not one of :data:`PERSON_EVENTS` the lifted ``$set`` keys apply as ``$set_once``:
+    PostHog skips a person write whose only changes are such keys the person already has (so a pageview
+    does not rewrite the person for a new ``$current_url``) but writes them to a person that lacks them. It
+    also writes them when another property changes in the same update, which depends on the order updates
+    are applied in; the person registers here must not (processors/registers.py), so they never do.
+    """
+    properties, lifted = event_properties(raw)
     props = raw.data.get("properties") or {}
-    set_, set_once, unset = (_merged_op(raw.data.get(op), props.get(op)) for op in ("$set", "$set_once", "$unset"))
+    set_, set_once = properties.get("$set"), properties.get("$set_once")
+    unset = _merged_op(raw.data.get("$unset"), props.get("$unset"))
+    if lifted and raw.event not in PERSON_EVENTS:
+        set_once = {**{k: set_[k] for k in lifted}, **(set_once if isinstance(set_once, dict) else {})}
+        set_ = {k: v for k, v in set_.items() if k not in lifted}
     return set_, set_once, unset
 
 

@@ -18,7 +18,7 @@ from eventpipe.contract import (
     parse_ts,
 )
 from gateway.events import RequestContext, parse_events
-from processors.transform import person_ops, process_event
+from processors.transform import event_properties, person_ops, process_event
 
 NOW = "2024-01-01 12:00:00.000000"
 UUID = "0189f7a2-5b6c-7d8e-9f00-112233445566"
@@ -124,6 +124,52 @@ def test_the_stored_set_is_what_the_person_gets() -> None:
     assert (stored["$set"], stored["$set_once"]) == (set_, set_once) == ({"a": "top", "b": 1}, {"c": 2})
 
 
+PAGEVIEW = {"$current_url": "https://x.test/a", "$browser": "Chrome", "utm_source": "ads", "gclid": None,
+            "plan": "free"}
+
+
+def test_event_properties_are_lifted_onto_the_person_as_posthog_does() -> None:
+    data = {"event": "$pageview", "properties": {**PAGEVIEW, "$set_once": {"$initial_browser": "Firefox"}},
+            "$set": {"utm_source": "explicit"}}
+    stored = strict_json(process_event(raw_event(data=data), 1).events[0]["properties"])
+    assert stored["$set"] == {"$current_url": "https://x.test/a", "$browser": "Chrome", "utm_source": "explicit",
+                              "gclid": None}
+    assert stored["$set_once"] == {"$initial_current_url": "https://x.test/a", "$initial_browser": "Firefox",
+                                   "$initial_utm_source": "ads"}  # an explicit value wins; a null is left out
+    assert event_properties(raw_event(data=data))[1] == ("$current_url", "$browser", "gclid")
+
+
+def test_on_a_plain_event_lifted_properties_only_fill_what_the_person_lacks() -> None:
+    set_, set_once, _ = person_ops(raw_event(event="$pageview",
+                                          data={"event": "$pageview", "properties": PAGEVIEW, "$set": {"a": 1}}))
+    assert set_ == {"a": 1}
+    assert set_once == {"$current_url": "https://x.test/a", "$browser": "Chrome", "utm_source": "ads",
+                        "gclid": None, "$initial_current_url": "https://x.test/a", "$initial_browser": "Chrome",
+                        "$initial_utm_source": "ads"}
+    set_, set_once, _ = person_ops(raw_event(event="$identify", data={"event": "$identify", "properties": PAGEVIEW}))
+    assert set_ == {"$current_url": "https://x.test/a", "$browser": "Chrome", "utm_source": "ads", "gclid": None}
+    assert set_once == {"$initial_current_url": "https://x.test/a", "$initial_browser": "Chrome",
+                        "$initial_utm_source": "ads"}
+
+
+@pytest.mark.parametrize(
+    ("properties", "os", "set_os", "initial_os"),
+    [
+        pytest.param({"$os_name": "iOS"}, "iOS", "iOS", "iOS", id="stands-in"),
+        pytest.param({"$os_name": "iOS", "$os": "Mac OS X"}, "Mac OS X", "Mac OS X", "Mac OS X", id="os-wins"),
+    ],
+)
+def test_os_name_stands_in_for_os(properties: dict[str, Any], os: str, set_os: str, initial_os: str) -> None:
+    props, _ = event_properties(raw_event(data={"event": "e", "properties": properties}))
+    assert (props["$os"], props["$set"], props["$set_once"]) == (os, {"$os": set_os}, {"$initial_os": initial_os})
+
+
+@pytest.mark.parametrize("event", ["$snapshot", "$performance_event"])
+def test_no_person_properties_are_lifted_from(event: str) -> None:
+    props, lifted = event_properties(raw_event(event=event, data={"event": event, "properties": PAGEVIEW}))
+    assert (props, lifted) == (PAGEVIEW, ())
+
+
 def test_unicode_is_not_escaped() -> None:
     (row,) = process_event(raw_event(data={"event": "e", "properties": {"name": "Zoë 🚀"}}), 1).events
     assert "Zoë 🚀" in row["properties"]
@@ -172,7 +218,10 @@ def test_gateway_to_row_chain() -> None:
     rows = [process_event(RawEvent.from_json(e.to_json()), 3).events[0] for e in events]
     assert [r["event"] for r in rows] == ["$pageview", "$identify"]
     assert rows[0]["distinct_id"] == "99"
-    assert strict_json(rows[0]["properties"]) == {"$current_url": "https://x.test", "$ip": "198.51.100.1"}
+    assert strict_json(rows[0]["properties"]) == {
+        "$current_url": "https://x.test", "$ip": "198.51.100.1", "$set": {"$current_url": "https://x.test"},
+        "$set_once": {"$initial_current_url": "https://x.test"},
+    }
     assert strict_json(rows[1]["properties"]) == {"$set": {"email": "u@x.test"}, "$ip": "198.51.100.1"}
     assert rows[1]["timestamp"] == "2020-08-16 09:03:11.000000"
     assert {r["created_at"] for r in rows} == {"2024-01-01 12:00:00.000000"}
