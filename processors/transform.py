@@ -7,7 +7,7 @@ from typing import Any
 
 import ujson
 
-from eventpipe.contract import NIL_UUID, RawEvent, event_row, warning_row
+from eventpipe.contract import NIL_UUID, RawEvent, event_row, parse_ts, warning_row
 from processors.elements import take_elements_chain
 
 
@@ -32,6 +32,8 @@ def process_event(
         properties.setdefault("$unset", raw.data["$unset"])
     if raw.ip and "$ip" not in properties:
         properties["$ip"] = raw.ip
+    if raw.sent_at:  # PostHog's normalizeEvent: the capture's sent_at, over any the client put there
+        properties["$sent_at"] = rfc3339(raw.sent_at)
     elements_chain = take_elements_chain(properties, raw.data.get("elements_chain"))
     row = event_row(
         uuid=raw.uuid,
@@ -51,6 +53,16 @@ def process_event(
         for w in raw.warnings
     ]
     return Output(events=[row], warnings=warnings)
+
+
+def rfc3339(timestamp: str) -> str:
+    """A contract timestamp as PostHog's Rust capture serialises ``sent_at`` (the ``time`` crate's RFC 3339:
+    ``2024-01-01T12:00:00.5Z``, the fraction without trailing zeros and left out when zero)."""
+    dt = parse_ts(timestamp)
+    text = dt.strftime("%Y-%m-%dT%H:%M:%S")
+    if dt.microsecond:
+        text += "." + f"{dt.microsecond:06d}".rstrip("0")
+    return text + "Z"
 
 
 MERGE_EVENTS = ("$create_alias", "$merge_dangerously")

@@ -170,6 +170,25 @@ def test_no_person_properties_are_lifted_from(event: str) -> None:
     assert (props, lifted) == (PAGEVIEW, ())
 
 
+@pytest.mark.parametrize(
+    ("sent_at", "expected"),
+    [
+        ("2024-01-01 11:59:59.500000", "2024-01-01T11:59:59.5Z"),
+        ("2024-01-01 11:59:59.000000", "2024-01-01T11:59:59Z"),
+        ("2024-01-01 11:59:59.123456", "2024-01-01T11:59:59.123456Z"),
+    ],
+)
+def test_sent_at_is_stored_as_posthog_does(sent_at: str, expected: str) -> None:
+    data = {"event": "e", "properties": {"$sent_at": "the client's"}}
+    (row,) = process_event(raw_event(data=data, sent_at=sent_at), 1).events
+    assert strict_json(row["properties"])["$sent_at"] == expected
+
+
+def test_no_sent_at_keeps_the_clients() -> None:
+    (row,) = process_event(raw_event(data={"event": "e", "properties": {"$sent_at": "x"}}), 1).events
+    assert strict_json(row["properties"]) == {"$sent_at": "x"}
+
+
 def test_unicode_is_not_escaped() -> None:
     (row,) = process_event(raw_event(data={"event": "e", "properties": {"name": "Zoë 🚀"}}), 1).events
     assert "Zoë 🚀" in row["properties"]
