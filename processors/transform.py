@@ -28,7 +28,12 @@ def process_event(
 ) -> Output:
     """A raw event of a known team -> one event row plus the warnings the gateway attached."""
     properties, _lifted = event_properties(raw)
-    if "$unset" in raw.data:  # PostHog does not copy it; eventpipe always stored it when the properties had none
+    if properties.get("$process_person_profile") is False:
+        # PostHog's normalizeProcessPerson (plugin-server/src/utils/event.ts): a personless event keeps no
+        # person operations, so none is stored as if it had been applied.
+        for op in ("$set", "$set_once", "$unset"):
+            properties.pop(op, None)
+    elif "$unset" in raw.data:  # PostHog does not copy it; eventpipe always stored it when the properties had none
         properties.setdefault("$unset", raw.data["$unset"])
     if raw.ip and "$ip" not in properties:
         properties["$ip"] = raw.ip

@@ -30,7 +30,10 @@ event the way ``apply_properties`` (below: PostHog's one-event-at-a-time rule) a
 Persons
 =======
 * ``$process_person_profile: false`` (exactly ``False``): the event touches no person and takes no part
-  in a merge; its row's person id is ``processors.identity.personless_id(team, distinct_id)``.
+  in a merge. Its row's person is the distinct id's person when an earlier event of that id itself (one
+  not personless) gave it one -- PostHog uses an existing person -- else
+  ``processors.identity.personless_id(team, distinct_id)``. Only the id's own events count: whether it
+  already had a person through another id's merge would depend on the interleaving.
 * Merge attempts, as the processors detect them: ``$identify`` with a non-null ``$anon_distinct_id``
   (source = that id), ``$create_alias`` / ``$merge_dangerously`` with a non-null ``properties.alias``
   (source = the alias). A non-string source becomes what JavaScript's ``String()`` makes of it
@@ -457,6 +460,7 @@ class _Team:
     persons: dict[str, _Person] = field(default_factory=dict)
     group_types: dict[str, int] = field(default_factory=dict)
     groups: dict[tuple[int, str], dict[str, tuple[tuple[str, str], Any]]] = field(default_factory=dict)
+    with_person: set[str] = field(default_factory=set)  # ids that sent an event processed with their person
 
 
 NewPersonOf = Literal["source", "target"]
@@ -472,7 +476,7 @@ class Model:
     def __init__(self, new_person_of: NewPersonOf = "source") -> None:
         self.teams: dict[int, _Team] = defaultdict(_Team)
         self.warnings: list[WarningRow] = []
-        self.rows: dict[str, tuple[int, str, bool]] = {}  # uuid -> (team, distinct id, personless)
+        self.rows: dict[str, tuple[int, str, bool]] = {}  # uuid -> (team, distinct id, stored without a person)
         self.row_groups: dict[str, tuple[str, ...]] = {}
         self.new_person_of = new_person_of
 
@@ -581,7 +585,10 @@ class Model:
     # -- one event -------------------------------------------------------------------------------------------
     def apply(self, e: Event) -> None:
         t = self.teams[e.team_id]
+        # a personless event of an id whose own events gave it a person is stored with that person
+        without_person = personless(e) and e.distinct_id not in t.with_person
         if not personless(e):
+            t.with_person.add(e.distinct_id)
             pid = self._resolve(e, t)
             apply_ops(t.persons[pid].registers, e.timestamp, e.uuid, *person_ops(e))
         keep = True
@@ -590,7 +597,7 @@ class Model:
             keep = self._group_identify(e, t)
         columns = self._row_groups(e, t)
         if keep:
-            self.rows[e.uuid] = (e.team_id, e.distinct_id, personless(e))
+            self.rows[e.uuid] = (e.team_id, e.distinct_id, without_person)
             self.row_groups[e.uuid] = columns
 
     def outcome(self) -> Outcome:

@@ -233,6 +233,19 @@ def test_personless_events_touch_no_person_and_never_merge() -> None:
     assert run([ev("anon", **{"$process_person_profile": "false"})]).mapping != {}  # only False itself counts
 
 
+def test_a_personless_event_uses_the_person_its_ids_own_events_gave_it() -> None:
+    off = {"$process_person_profile": False}
+    plain, later = ev("anon"), ev("anon", **off)
+    out = run([plain, later, identify("user", "anon", at=1)])
+    assert out.event_person[later.uuid] == out.mapping[(TEAM, "anon")] == npid("anon")
+    # "anon" joined user's person only through user's identify: its own events gave it none
+    user_first = ev("user")
+    merged = ev("anon", **off)
+    out = run([user_first, identify("user", "anon", at=1), merged])
+    assert out.mapping[(TEAM, "anon")] == npid("user")
+    assert out.event_person[merged.uuid] == personless_id(TEAM, "anon")
+
+
 def test_event_rows_get_the_person_of_the_final_mapping() -> None:
     before, merge = ev("anon"), ev("user")
     out = run([before, merge, identify("user", "anon")])

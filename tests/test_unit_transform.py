@@ -189,6 +189,14 @@ def test_no_sent_at_keeps_the_clients() -> None:
     assert strict_json(row["properties"]) == {"$sent_at": "x"}
 
 
+def test_a_personless_event_stores_no_person_operations() -> None:
+    data = {"event": "$pageview", "properties": {**PAGEVIEW, "$process_person_profile": False, "$unset": ["a"]},
+            "$set": {"a": 1}, "$set_once": {"b": 2}, "$unset": ["c"]}
+    stored = strict_json(process_event(raw_event(data=data), 1).events[0]["properties"])
+    assert {"$set", "$set_once", "$unset"} & set(stored) == set()
+    assert stored["$process_person_profile"] is False and stored["$browser"] == "Chrome"
+
+
 def test_unicode_is_not_escaped() -> None:
     (row,) = process_event(raw_event(data={"event": "e", "properties": {"name": "Zoë 🚀"}}), 1).events
     assert "Zoë 🚀" in row["properties"]
