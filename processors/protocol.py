@@ -46,7 +46,7 @@ from processors.identity import (
     new_person_id,
     personless_id,
 )
-from processors.transform import MERGE_EVENTS, js_string, person_ops, process_event
+from processors.transform import MERGE_EVENTS, event_properties, js_string, person_ops, process_event
 
 MAX_HOPS = 16  # forwards of one event from merged-away person to merged-away person
 NO_GROUPS = ("", "", "", "", "")
@@ -380,7 +380,8 @@ def _at_home(tx: Tx, message: dict[str, Any]) -> None:
                   "version": -1}
         if not rec.get("ptr"):
             tx.step.row("distinct_ids", distinct_id_row(team, home, person["id"], 0))
-    set_, set_once, unset = person_ops(raw)
+    normalised = event_properties(raw)  # once for both the person and the row
+    set_, set_once, unset = person_ops(raw, normalised)
     regs, changed = registers.apply_updates(person["regs"], (raw.timestamp, raw.uuid), set_, set_once, unset)
     identified = person["identified"] or bool(message["identify"])
     created_at = min(person["created_at"], raw.timestamp)
@@ -394,7 +395,7 @@ def _at_home(tx: Tx, message: dict[str, Any]) -> None:
         return
     properties = registers.materialize(person["regs"])
     output = process_event(raw, team, person_id=person["id"], person_properties=properties,
-                           groups=tuple(message["groups"]))
+                           groups=tuple(message["groups"]), normalised=normalised)
     _emit(tx, output)
 
 

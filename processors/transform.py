@@ -25,9 +25,13 @@ def process_event(
     person_id: str = NIL_UUID,
     person_properties: dict[str, Any] | None = None,
     groups: tuple[str, ...] = ("", "", "", "", ""),
+    normalised: Normalised | None = None,
 ) -> Output:
-    """A raw event of a known team -> one event row plus the warnings the gateway attached."""
-    properties, _lifted = event_properties(raw)
+    """A raw event of a known team -> one event row plus the warnings the gateway attached.
+
+    ``normalised``: :func:`event_properties` of ``raw`` when the caller computed it already (for
+    :func:`person_ops`); it is consumed (its properties become the row's)."""
+    properties, _lifted = normalised if normalised is not None else event_properties(raw)
     if properties.get("$process_person_profile") is False:
         # PostHog's normalizeProcessPerson (plugin-server/src/utils/event.ts): a personless event keeps no
         # person operations, so none is stored as if it had been applied.
@@ -63,6 +67,9 @@ def process_event(
 def rfc3339(timestamp: str) -> str:
     """A contract timestamp as PostHog's Rust capture serialises ``sent_at`` (the ``time`` crate's RFC 3339:
     ``2024-01-01T12:00:00.5Z``, the fraction without trailing zeros and left out when zero)."""
+    if len(timestamp) == 26 and timestamp[10] == " " and timestamp[19] == ".":  # format_ts's shape: no parse
+        fraction = timestamp[20:].rstrip("0")
+        return f"{timestamp[:10]}T{timestamp[11:19]}{'.' + fraction if fraction else ''}Z"
     dt = parse_ts(timestamp)
     text = dt.strftime("%Y-%m-%dT%H:%M:%S")
     if dt.microsecond:
@@ -98,7 +105,11 @@ def initial_name(key: str) -> str:
     return "$initial_" + key.replace("$", "", 1)
 
 
-def event_properties(raw: RawEvent) -> tuple[dict[str, Any], tuple[str, ...]]:
+_INITIAL_NAMES = {k: initial_name(k) for k in EVENT_TO_PERSON_PROPERTIES}  # computed once: every event needs some
+Normalised = tuple[dict[str, Any], tuple[str, ...]]
+
+
+def event_properties(raw: RawEvent) -> Normalised:
     """The properties PostHog's ``normalizeEvent`` (plugin-server/src/utils/event.ts) makes of the event's,
     and the keys of their ``$set`` it lifted from the event's own properties.
 
@@ -122,7 +133,7 @@ def event_properties(raw: RawEvent) -> tuple[dict[str, Any], tuple[str, ...]]:
     explicit_set = properties.get("$set") if isinstance(properties.get("$set"), dict) else {}
     explicit_once = properties.get("$set_once") if isinstance(properties.get("$set_once"), dict) else {}
     set_ = {**found, **explicit_set}
-    set_once = {**{initial_name(k): v for k, v in found.items() if v is not None}, **explicit_once}
+    set_once = {**{_INITIAL_NAMES[k]: v for k, v in found.items() if v is not None}, **explicit_once}
     os_name = properties.get("$os_name")
     if os_name:
         if properties.get("$os") is None:
@@ -149,7 +160,7 @@ def _merged_op(top: Any, inner: Any) -> Any:
     return top if top is not None else inner
 
 
-def person_ops(raw: RawEvent) -> tuple[Any, Any, Any]:
+def person_ops(raw: RawEvent, normalised: Normalised | None = None) -> tuple[Any, Any, Any]:
     """``$set`` / ``$set_once`` / ``$unset`` for the event's person: those of :func:`event_properties`, with
     ``$unset`` from the top level and the properties (:func:`_merged_op`).
 
@@ -158,8 +169,9 @@ def person_ops(raw: RawEvent) -> tuple[Any, Any, Any]:
     does not rewrite the person for a new ``$current_url``) but writes them to a person that lacks them. It
     also writes them when another property changes in the same update, which depends on the order updates
     are applied in; the person registers here must not (processors/registers.py), so they never do.
+    ``normalised`` is :func:`event_properties` of ``raw`` when the caller has it (it is only read).
     """
-    properties, lifted = event_properties(raw)
+    properties, lifted = normalised if normalised is not None else event_properties(raw)
     props = raw.data.get("properties") or {}
     set_, set_once = properties.get("$set"), properties.get("$set_once")
     unset = _merged_op(raw.data.get("$unset"), props.get("$unset"))

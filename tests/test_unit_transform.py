@@ -176,6 +176,7 @@ def test_no_person_properties_are_lifted_from(event: str) -> None:
         ("2024-01-01 11:59:59.500000", "2024-01-01T11:59:59.5Z"),
         ("2024-01-01 11:59:59.000000", "2024-01-01T11:59:59Z"),
         ("2024-01-01 11:59:59.123456", "2024-01-01T11:59:59.123456Z"),
+        ("2024-01-01 11:59:59.12", "2024-01-01T11:59:59.12Z"),  # not format_ts's shape: parsed
     ],
 )
 def test_sent_at_is_stored_as_posthog_does(sent_at: str, expected: str) -> None:
