@@ -260,7 +260,8 @@ def person_ops(e: Event) -> tuple[Any, Any, Any]:
         return sets, once or set_once, unset
     # elsewhere a copied key only fills what the person lacks: a $set_once, unless the client $set it itself
     copied = {k: v for k, v in sets.items() if k not in explicit_set}
-    return {k: v for k, v in sets.items() if k in explicit_set}, {**copied, **once}, unset
+    once = {**copied, **once} if copied else once or set_once
+    return {k: v for k, v in sets.items() if k in explicit_set}, once, unset
 
 
 def personless(e: Event) -> bool:

@@ -623,6 +623,20 @@ def test_person_ops_are_the_processors(history: list[Event]) -> None:
         assert person_ops(e) == processors_person_ops(e.to_raw("phc"))
 
 
+@pytest.mark.parametrize(
+    "properties",
+    [
+        pytest.param({"$browser": None, "$set": {"$browser": 1.0}}, id="copied-key-also-set-null-value"),
+        pytest.param({"$browser": "x", "$set_once": ["a"], "utm_source": None}, id="malformed-set-once"),
+        pytest.param({"$os_name": "iOS", "$set": {"$os": None}, "$set_once": {"$initial_os": None}}, id="os-name"),
+    ],
+)
+@pytest.mark.parametrize("event", ["$pageview", "$identify"])
+def test_person_ops_are_the_processors_on_copied_properties(event: str, properties: dict[str, Any]) -> None:
+    e = ev("u", event, **properties)
+    assert person_ops(e) == processors_person_ops(e.to_raw("phc"))
+
+
 def test_raw_events_round_trip() -> None:
     e = ev("u", top={"$set": {"a": 1}, "$groups": {"co": "k"}}, **{"$set_once": {"b": 2}})
     raw = e.to_raw("phc")
