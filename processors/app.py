@@ -273,7 +273,7 @@ def step_for(overlay: Overlay, event: faust.EventT, topics: Topics, clock: int) 
             raw = RawEvent.from_json(event.value)
             if raw.team_id is None:
                 return _dead("raw event without a team_id (written by a gateway older than this processor)")
-            return protocol.on_raw(overlay, message.partition, raw, clock)
+            return protocol.on_raw(overlay, message.partition, raw, clock, message.offset)
         body = ujson.loads(event.value)
         if not isinstance(body, dict):
             return _dead("identity message is not a JSON object")

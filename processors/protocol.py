@@ -17,7 +17,9 @@ State keys (all written only by the partition that reads them):
 
 * ``i:team:id`` — a distinct id's record: ``ptr`` [person id, home id, version] when the merge lane
   re-pointed the id (absent: the id's own person ``new_person_id(team, id)``, home = the id), ``q``
-  events parked while the id waits for the lane, and ``p`` the person homed at this id, if any
+  events parked while the id waits for the lane (with their raw offsets), ``o`` the raw offset of the
+  first event of the id itself processed with its person (its later personless events use that person),
+  and ``p`` the person homed at this id, if any
   (``{"id", "created_at", "regs", "identified", "version"}``, or a forward ``{"fwd": [id, home], ...}``
   once that person was merged into another);
 * ``t:team:partition`` — the team's group types as this partition learned them from the lane;
@@ -44,7 +46,7 @@ from processors.identity import (
     new_person_id,
     personless_id,
 )
-from processors.transform import MERGE_EVENTS, js_string, person_ops, process_event
+from processors.transform import MERGE_EVENTS, event_properties, js_string, person_ops, process_event
 
 MAX_HOPS = 16  # forwards of one event from merged-away person to merged-away person
 NO_GROUPS = ("", "", "", "", "")
@@ -166,25 +168,39 @@ def _put_rec(tx: Tx, team: int, distinct_id: str, rec: dict[str, Any]) -> None:
     tx.put(f"i:{team}:{distinct_id}", {k: v for k, v in rec.items() if v not in (None, [])})
 
 
-def on_raw(state: Any, partition: int, raw: RawEvent, clock: int = 0) -> Step:
-    """A raw event at its distinct id's partition."""
+def _queued(raw: RawEvent, offset: int | None) -> dict[str, Any]:
+    """A raw event as an id's queue keeps it, with its offset in the raw partition when known."""
+    entry = raw_dict(raw)
+    if offset is not None:
+        entry["offset"] = offset
+    return entry
+
+
+def _unqueued(entry: dict[str, Any]) -> tuple[RawEvent, int | None]:
+    fields = dict(entry)
+    offset = fields.pop("offset", None)
+    return RawEvent(**fields), offset
+
+
+def on_raw(state: Any, partition: int, raw: RawEvent, clock: int = 0, offset: int | None = None) -> Step:
+    """A raw event at its distinct id's partition; ``offset`` is its offset there (None: unknown)."""
     step = Step()
     tx = Tx(state, step, clock)
     team, d = int(raw.team_id or 0), raw.distinct_id
     rec = _rec(tx, team, d)
     if rec.get("q"):  # the id waits for the lane: keep its order
-        rec["q"] = [*rec["q"], raw_dict(raw)]
+        rec["q"] = [*rec["q"], _queued(raw, offset)]
         _put_rec(tx, team, d, rec)
         return step
-    _drain(tx, partition, team, d, rec, [raw_dict(raw)])
+    _drain(tx, partition, team, d, rec, [_queued(raw, offset)])
     return step
 
 
 def _drain(tx: Tx, partition: int, team: int, d: str, rec: dict[str, Any], queue: list[dict[str, Any]]) -> None:
     """Process the id's events in order until one has to wait for the lane (it then heads the queue)."""
     while queue:
-        raw = RawEvent(**queue[0])
-        if _process(tx, partition, team, d, rec, raw):
+        raw, offset = _unqueued(queue[0])
+        if _process(tx, partition, team, d, rec, raw, offset):
             queue = queue[1:]
             rec = _rec(tx, team, d)  # processing may have rewritten the record (the id's own person)
             continue
@@ -248,11 +264,13 @@ def _process(
     d: str,
     rec: dict[str, Any],
     raw: RawEvent,
+    offset: int | None = None,
     resolved: dict[str, Any] | None = None,
 ) -> bool:
     """One event of ``d`` at d's partition; False when it must wait for the lane (a request was sent).
 
-    ``resolved`` is the lane's answer for this event, when it is the one the id waited for.
+    ``offset`` is the event's offset in the raw partition (None: unknown); ``resolved`` is the lane's answer
+    for this event, when it is the one the id waited for.
     """
     resolved = resolved or {}
     props = _props(raw)
@@ -261,7 +279,7 @@ def _process(
     known = _types(tx, team, partition)
     missing = list(dict.fromkeys(t for t in uses if t not in known))
     if missing and len(known) < MAX_GROUP_TYPES and not resolved.get("typed"):
-        rec["q"] = [raw_dict(raw)]
+        rec["q"] = [_queued(raw, offset)]
         tx.step.send(lane_key(team), {"k": "types", "team": team, "d": d, "uuid": raw.uuid, "want": missing,
                                       "now": raw.now})
         return False
@@ -289,8 +307,9 @@ def _process(
             groups[index] = str(key)
 
     if props.get("$process_person_profile") is False:
-        if keep:
-            _emit(tx, process_event(raw, team, person_id=personless_id(team, d), groups=tuple(groups)))
+        if keep:  # PostHog takes the id's person when it has one (its properties stay off the event)
+            person = person_of(team, d, rec) if _had_person(rec, offset) else personless_id(team, d)
+            _emit(tx, process_event(raw, team, person_id=person, groups=tuple(groups)))
         return True
 
     identify = bool(resolved.get("identify"))
@@ -301,7 +320,7 @@ def _process(
             if is_illegal_id(d) or is_illegal_id(source):
                 _warn(tx, team, "cannot_merge_with_illegal_distinct_id", {"target": d, "source": source}, raw.now)
             else:
-                rec["q"] = [raw_dict(raw)]
+                rec["q"] = [_queued(raw, offset)]
                 has_person = bool(rec.get("ptr") or rec.get("p"))
                 tx.step.send(
                     lane_key(team),
@@ -310,6 +329,12 @@ def _process(
                 )
                 return False
 
+    if "o" not in rec:
+        # The id has a person from now on, by its own events alone: whether it already had one when the lane
+        # re-pointed it as another id's merge source, or when another id's event created the person homed
+        # here, depends on the schedule, so the personless events above do not go by ``ptr`` or ``p``.
+        rec["o"] = -1 if offset is None else offset
+        _put_rec(tx, team, d, rec)
     _pid, home, _v = rec.get("ptr") or [new_person_id(team, d), d, 0]
     message = {"k": "event", "team": team, "home": home, "raw": raw_dict(raw), "groups": groups,
                "identify": identify, "hops": 0, "keep": keep}
@@ -318,6 +343,16 @@ def _process(
     else:
         tx.step.send(id_key(team, home), message)
     return True
+
+
+def _had_person(rec: dict[str, Any], offset: int | None) -> bool:
+    """Whether an event of the id itself, before the one at ``offset``, was processed with its person.
+
+    ``o`` holds the raw offset of the first such event. After a crash the state may already hold it while
+    an earlier personless event is read again; comparing offsets gives that event the answer it got the
+    first time (-1 or no offset: order unknown, the flag alone decides)."""
+    first = rec.get("o")
+    return first is not None and (offset is None or first < offset)
 
 
 def _emit(tx: Tx, output: Any) -> None:
@@ -345,7 +380,8 @@ def _at_home(tx: Tx, message: dict[str, Any]) -> None:
                   "version": -1}
         if not rec.get("ptr"):
             tx.step.row("distinct_ids", distinct_id_row(team, home, person["id"], 0))
-    set_, set_once, unset = person_ops(raw)
+    normalised = event_properties(raw)  # once for both the person and the row
+    set_, set_once, unset = person_ops(raw, normalised)
     regs, changed = registers.apply_updates(person["regs"], (raw.timestamp, raw.uuid), set_, set_once, unset)
     identified = person["identified"] or bool(message["identify"])
     created_at = min(person["created_at"], raw.timestamp)
@@ -359,7 +395,7 @@ def _at_home(tx: Tx, message: dict[str, Any]) -> None:
         return
     properties = registers.materialize(person["regs"])
     output = process_event(raw, team, person_id=person["id"], person_properties=properties,
-                           groups=tuple(message["groups"]))
+                           groups=tuple(message["groups"]), normalised=normalised)
     _emit(tx, output)
 
 
@@ -425,9 +461,9 @@ def _resume(tx: Tx, partition: int, message: dict[str, Any], resolved: dict[str,
     queue = rec.get("q") or []
     if not queue or queue[0]["uuid"] != message["uuid"]:
         return  # an answer for an event already processed (a replay)
-    head = RawEvent(**queue[0])
+    head, offset = _unqueued(queue[0])
     rec["q"] = []
-    if not _process(tx, partition, team, d, rec, head, resolved):
+    if not _process(tx, partition, team, d, rec, head, offset, resolved):
         rec = _rec(tx, team, d) | {"q": rec["q"]}
         rec["q"] = rec["q"] + queue[1:]
         _put_rec(tx, team, d, rec)

@@ -14,6 +14,15 @@ operations of an event are taken as ``processors/transform.py`` ``person_ops`` d
 both the top-level and the properties' value are dicts the top-level one is merged over the other;
 otherwise the top-level value if present, else the properties' one.
 
+PostHog also copies some of the event's own properties onto its person (``$browser``, ``$current_url``,
+``utm_source``, … -- ``processors.transform.EVENT_TO_PERSON_PROPERTIES``; not from ``$snapshot`` or
+``$performance_event``): each non-null one as a ``$set_once`` of ``$initial_<name without its first $>``
+(an explicit ``$set_once`` of that key wins), and the key itself as a ``$set`` on ``$identify``,
+``$create_alias``, ``$merge_dangerously`` and ``$set`` events, as a ``$set_once`` on any other (PostHog does
+not rewrite a person only because a pageview saw a new ``$current_url``); an explicit ``$set`` of the key
+wins either way. ``$os_name`` stands in for a missing ``$os`` and is not copied itself. Once anything is
+copied, a ``$set`` or ``$set_once`` that is not an object counts as an empty one.
+
 Every operation of an event is stamped ``(timestamp, uuid, rank)``; rank orders the operations of one
 event the way ``apply_properties`` (below: PostHog's one-event-at-a-time rule) applies them:
 ``$set_once`` (0) before ``$set`` (1) before ``$unset`` (2). Uuids are assumed unique per event.
@@ -21,7 +30,10 @@ event the way ``apply_properties`` (below: PostHog's one-event-at-a-time rule) a
 Persons
 =======
 * ``$process_person_profile: false`` (exactly ``False``): the event touches no person and takes no part
-  in a merge; its row's person id is ``processors.identity.personless_id(team, distinct_id)``.
+  in a merge. Its row's person is the distinct id's person when an earlier event of that id itself (one
+  not personless) gave it one -- PostHog uses an existing person -- else
+  ``processors.identity.personless_id(team, distinct_id)``. Only the id's own events count: whether it
+  already had a person through another id's merge would depend on the interleaving.
 * Merge attempts, as the processors detect them: ``$identify`` with a non-null ``$anon_distinct_id``
   (source = that id), ``$create_alias`` / ``$merge_dangerously`` with a non-null ``properties.alias``
   (source = the alias). A non-string source becomes what JavaScript's ``String()`` makes of it
@@ -115,7 +127,12 @@ from processors.identity import (
     new_person_id,
     personless_id,
 )
-from processors.transform import js_string
+from processors.transform import (
+    EVENT_TO_PERSON_PROPERTIES,
+    NO_PERSON_PROPERTIES_EVENTS,
+    PERSON_EVENTS,
+    js_string,
+)
 
 Stamp = tuple[str, str, int]  # (timestamp, uuid, rank within the event)
 SET_ONCE, SET, UNSET = 0, 1, 2
@@ -216,7 +233,8 @@ def _differs(a: Any, b: Any) -> bool:
 
 
 def person_ops(e: Event) -> tuple[Any, Any, Any]:
-    """``$set``, ``$set_once``, ``$unset`` of an event, combined as ``transform.person_ops`` does."""
+    """``$set``, ``$set_once``, ``$unset`` of an event, combined as ``transform.person_ops`` does (module
+    docstring, "Persons": lifted event properties)."""
     ops = []
     for top, op in ((e.set, "$set"), (e.set_once, "$set_once"), (e.unset, "$unset")):
         inner = e.properties.get(op)
@@ -224,7 +242,26 @@ def person_ops(e: Event) -> tuple[Any, Any, Any]:
             ops.append({**inner, **top})
         else:
             ops.append(top if top is not None else inner)
-    return ops[0], ops[1], ops[2]
+    set_, set_once, unset = ops
+    lifted = {k: v for k, v in e.properties.items() if k in EVENT_TO_PERSON_PROPERTIES}
+    if not lifted or e.event in NO_PERSON_PROPERTIES_EVENTS:
+        return set_, set_once, unset
+    explicit_set = set_ if isinstance(set_, dict) else {}
+    explicit_once = set_once if isinstance(set_once, dict) else {}
+    sets = {**lifted, **explicit_set}
+    once = {**{"$initial_" + k.replace("$", "", 1): v for k, v in lifted.items() if v is not None}, **explicit_once}
+    os_name = e.properties.get("$os_name")
+    if os_name:  # JavaScript's ??=: only where the value is null or missing
+        sets["$os"] = os_name if sets.get("$os") is None else sets["$os"]
+        once["$initial_os"] = os_name if once.get("$initial_os") is None else once["$initial_os"]
+        sets.pop("$os_name", None)
+        once.pop("$initial_os_name", None)
+    if e.event in PERSON_EVENTS:
+        return sets, once or set_once, unset
+    # elsewhere a copied key only fills what the person lacks: a $set_once, unless the client $set it itself
+    copied = {k: v for k, v in sets.items() if k not in explicit_set}
+    once = {**copied, **once} if copied else once or set_once
+    return {k: v for k, v in sets.items() if k in explicit_set}, once, unset
 
 
 def personless(e: Event) -> bool:
@@ -424,6 +461,7 @@ class _Team:
     persons: dict[str, _Person] = field(default_factory=dict)
     group_types: dict[str, int] = field(default_factory=dict)
     groups: dict[tuple[int, str], dict[str, tuple[tuple[str, str], Any]]] = field(default_factory=dict)
+    with_person: set[str] = field(default_factory=set)  # ids that sent an event processed with their person
 
 
 NewPersonOf = Literal["source", "target"]
@@ -439,7 +477,7 @@ class Model:
     def __init__(self, new_person_of: NewPersonOf = "source") -> None:
         self.teams: dict[int, _Team] = defaultdict(_Team)
         self.warnings: list[WarningRow] = []
-        self.rows: dict[str, tuple[int, str, bool]] = {}  # uuid -> (team, distinct id, personless)
+        self.rows: dict[str, tuple[int, str, bool]] = {}  # uuid -> (team, distinct id, stored without a person)
         self.row_groups: dict[str, tuple[str, ...]] = {}
         self.new_person_of = new_person_of
 
@@ -548,7 +586,10 @@ class Model:
     # -- one event -------------------------------------------------------------------------------------------
     def apply(self, e: Event) -> None:
         t = self.teams[e.team_id]
+        # a personless event of an id whose own events gave it a person is stored with that person
+        without_person = personless(e) and e.distinct_id not in t.with_person
         if not personless(e):
+            t.with_person.add(e.distinct_id)
             pid = self._resolve(e, t)
             apply_ops(t.persons[pid].registers, e.timestamp, e.uuid, *person_ops(e))
         keep = True
@@ -557,7 +598,7 @@ class Model:
             keep = self._group_identify(e, t)
         columns = self._row_groups(e, t)
         if keep:
-            self.rows[e.uuid] = (e.team_id, e.distinct_id, personless(e))
+            self.rows[e.uuid] = (e.team_id, e.distinct_id, without_person)
             self.row_groups[e.uuid] = columns
 
     def outcome(self) -> Outcome:
@@ -708,7 +749,9 @@ ILLEGAL_POOL: tuple[str, ...] = (
     "  ",
 )
 NON_STRING_IDS: tuple[Any, ...] = (0, 42, True, 1.0, {"a": 1}, [1, 2])  # js_string: "0" "42" "true" "1.0" …
-KEYS = ("a", "b", "c")
+KEYS = ("a", "b", "c", "$browser")  # $browser: also one of the properties PostHog copies onto the person
+COPIED_KEYS = ("$browser", "utm_source", "$os_name", "$os")
+COPIED_VALUES: tuple[Any, ...] = ("Chrome", "ads", None, 1)
 VALUES: tuple[Any, ...] = (1, True, 1.0, "x", None)
 GROUP_TYPES = ("company", "project", "org", "team", "store", "region", "shard")
 GROUP_KEYS = ("g1", "g2", "x" * (MAX_GROUP_KEY + 1))
@@ -836,6 +879,9 @@ def histories(
             else:
                 props["$groups"] = declared
         timestamp = ts_at(bits.take(seconds))
+        if bits.one_in(4):  # properties PostHog copies onto the person ($initial_*), some null, some sent twice
+            for key in COPIED_KEYS[: 1 + bits.take(len(COPIED_KEYS))]:
+                props.setdefault(key, bits.pick(COPIED_VALUES))
         out.append(
             Event(
                 team_id=team,

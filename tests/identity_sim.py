@@ -75,7 +75,7 @@ class Sim:
         message = part.logs[topic][part.read[topic]]
         self.clock += 1
         if topic == RAW:
-            step = protocol.on_raw(part.state, i, message, self.clock)
+            step = protocol.on_raw(part.state, i, message, self.clock, part.read[topic])
         else:
             step = protocol.on_inbox(part.state, i, message, self.clock)
         writes = list(step.writes.items())

@@ -233,6 +233,19 @@ def test_personless_events_touch_no_person_and_never_merge() -> None:
     assert run([ev("anon", **{"$process_person_profile": "false"})]).mapping != {}  # only False itself counts
 
 
+def test_a_personless_event_uses_the_person_its_ids_own_events_gave_it() -> None:
+    off = {"$process_person_profile": False}
+    plain, later = ev("anon"), ev("anon", **off)
+    out = run([plain, later, identify("user", "anon", at=1)])
+    assert out.event_person[later.uuid] == out.mapping[(TEAM, "anon")] == npid("anon")
+    # "anon" joined user's person only through user's identify: its own events gave it none
+    user_first = ev("user")
+    merged = ev("anon", **off)
+    out = run([user_first, identify("user", "anon", at=1), merged])
+    assert out.mapping[(TEAM, "anon")] == npid("user")
+    assert out.event_person[merged.uuid] == personless_id(TEAM, "anon")
+
+
 def test_event_rows_get_the_person_of_the_final_mapping() -> None:
     before, merge = ev("anon"), ev("user")
     out = run([before, merge, identify("user", "anon")])
@@ -608,6 +621,20 @@ def test_a_persons_properties_are_a_time_ordered_replay_of_everything_its_ids_se
 def test_person_ops_are_the_processors(history: list[Event]) -> None:
     for e in history:
         assert person_ops(e) == processors_person_ops(e.to_raw("phc"))
+
+
+@pytest.mark.parametrize(
+    "properties",
+    [
+        pytest.param({"$browser": None, "$set": {"$browser": 1.0}}, id="copied-key-also-set-null-value"),
+        pytest.param({"$browser": "x", "$set_once": ["a"], "utm_source": None}, id="malformed-set-once"),
+        pytest.param({"$os_name": "iOS", "$set": {"$os": None}, "$set_once": {"$initial_os": None}}, id="os-name"),
+    ],
+)
+@pytest.mark.parametrize("event", ["$pageview", "$identify"])
+def test_person_ops_are_the_processors_on_copied_properties(event: str, properties: dict[str, Any]) -> None:
+    e = ev("u", event, **properties)
+    assert person_ops(e) == processors_person_ops(e.to_raw("phc"))
 
 
 def test_raw_events_round_trip() -> None:

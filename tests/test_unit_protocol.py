@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from processors import protocol
-from processors.identity import new_person_id
+from processors.identity import new_person_id, personless_id
 from tests.identity_model import Event, Outcome, histories, run, run_with_lane_order
 from tests.identity_sim import Sim
 
@@ -122,6 +122,31 @@ def test_crashes_at_any_point_end_as_the_model_says(history: list[Event], partit
     sim = simulate(history, partitions, seed, crash_rate=0.05)
     # At-least-once: a warning may be written twice; everything else must be exactly the model's.
     same(comparable(sim.outcome(), False), comparable(expected(history, sim), False), history, sim)
+
+
+def test_a_personless_event_uses_its_ids_existing_person() -> None:
+    off = {"$process_person_profile": False}
+    history = [ev("anon", **off), ev("anon", at=1, **{"$set": {"a": 1}}), ev("anon", at=2, **off),
+               ev("user", "$identify", at=3, **{"$anon_distinct_id": "anon"}), ev("anon", at=4, **off)]
+    for seed in range(10):
+        sim = simulate(history, partitions=4, seed=seed)
+        out = sim.outcome()
+        assert comparable(out) == comparable(expected(history, sim))
+        assert out.event_person[history[0].uuid] == personless_id(1, "anon")  # it had no person yet
+        assert out.event_person[history[2].uuid] == out.event_person[history[4].uuid] == new_person_id(1, "anon")
+        rows = {r["uuid"]: r for r in sim.rows["events"]}
+        assert json.loads(rows[history[2].uuid]["person_properties"]) == {}  # PostHog keeps them off the event
+
+
+def test_a_merge_source_without_events_of_its_own_stays_personless_whatever_the_schedule() -> None:
+    off = {"$process_person_profile": False}
+    history = [ev("user"), ev("user", "$identify", at=1, **{"$anon_distinct_id": "anon"}),
+               *[ev("anon", at=2 + i, **off) for i in range(3)]]
+    for seed in range(20):
+        sim = simulate(history, partitions=4, seed=seed)
+        out = sim.outcome()
+        assert comparable(out) == comparable(expected(history, sim))
+        assert {out.event_person[e.uuid] for e in history[2:]} == {personless_id(1, "anon")}
 
 
 def test_without_merges_no_message_crosses_partitions() -> None:

@@ -19,7 +19,7 @@ from eventpipe.contract import (
     parse_ts,
 )
 from gateway.events import RequestContext, parse_events
-from processors.transform import process_event
+from processors.transform import event_properties, person_ops, process_event
 
 NOW = "2024-01-01 12:00:00.000000"
 UUID = "0189f7a2-5b6c-7d8e-9f00-112233445566"
@@ -88,10 +88,17 @@ def test_event_row_shape() -> None:
             id="all-ops",
         ),
         pytest.param(
-            {"event": "e", "properties": {"$set": {"a": "inner"}}, "$set": {"a": "top"}},
+            {"event": "e", "properties": {"$set": {"a": "inner", "b": 1}, "$set_once": {"c": 1}},
+             "$set": {"a": "top"}, "$set_once": {"d": 2}},
             None,
-            {"$set": {"a": "inner"}},
-            id="properties-$set-kept",
+            {"$set": {"a": "top", "b": 1}, "$set_once": {"c": 1, "d": 2}},
+            id="top-level-merged-over-properties",
+        ),
+        pytest.param(
+            {"event": "e", "properties": {"$set": {"a": 1}, "$unset": ["x"]}, "$set": ["bad"], "$unset": ["y"]},
+            None,
+            {"$set": ["bad"], "$unset": ["x"]},
+            id="non-object-top-level-wins-unset-not-merged",
         ),
         pytest.param({"event": "e", "properties": {"a": 1}}, "203.0.113.7", {"a": 1, "$ip": "203.0.113.7"}, id="ip"),
         pytest.param(
@@ -108,6 +115,88 @@ def test_event_row_shape() -> None:
 def test_properties_json(data: dict[str, Any], ip: str | None, expected: dict[str, Any]) -> None:
     (row,) = process_event(raw_event(data=data, ip=ip), 1).events
     assert strict_json(row["properties"]) == expected
+
+
+def test_the_stored_set_is_what_the_person_gets() -> None:
+    data = {"event": "e", "properties": {"$set": {"a": "inner", "b": 1}}, "$set": {"a": "top"}, "$set_once": {"c": 2}}
+    (row,) = process_event(raw_event(data=data), 1).events
+    stored = strict_json(row["properties"])
+    set_, set_once, _unset = person_ops(raw_event(data=data))
+    assert (stored["$set"], stored["$set_once"]) == (set_, set_once) == ({"a": "top", "b": 1}, {"c": 2})
+
+
+PAGEVIEW = {"$current_url": "https://x.test/a", "$browser": "Chrome", "utm_source": "ads", "gclid": None,
+            "plan": "free"}
+
+
+def test_event_properties_are_lifted_onto_the_person_as_posthog_does() -> None:
+    data = {"event": "$pageview", "properties": {**PAGEVIEW, "$set_once": {"$initial_browser": "Firefox"}},
+            "$set": {"utm_source": "explicit"}}
+    stored = strict_json(process_event(raw_event(data=data), 1).events[0]["properties"])
+    assert stored["$set"] == {"$current_url": "https://x.test/a", "$browser": "Chrome", "utm_source": "explicit",
+                              "gclid": None}
+    assert stored["$set_once"] == {"$initial_current_url": "https://x.test/a", "$initial_browser": "Firefox",
+                                   "$initial_utm_source": "ads"}  # an explicit value wins; a null is left out
+    assert event_properties(raw_event(data=data))[1] == ("$current_url", "$browser", "gclid")
+
+
+def test_on_a_plain_event_lifted_properties_only_fill_what_the_person_lacks() -> None:
+    set_, set_once, _ = person_ops(raw_event(event="$pageview",
+                                          data={"event": "$pageview", "properties": PAGEVIEW, "$set": {"a": 1}}))
+    assert set_ == {"a": 1}
+    assert set_once == {"$current_url": "https://x.test/a", "$browser": "Chrome", "utm_source": "ads",
+                        "gclid": None, "$initial_current_url": "https://x.test/a", "$initial_browser": "Chrome",
+                        "$initial_utm_source": "ads"}
+    set_, set_once, _ = person_ops(raw_event(event="$identify", data={"event": "$identify", "properties": PAGEVIEW}))
+    assert set_ == {"$current_url": "https://x.test/a", "$browser": "Chrome", "utm_source": "ads", "gclid": None}
+    assert set_once == {"$initial_current_url": "https://x.test/a", "$initial_browser": "Chrome",
+                        "$initial_utm_source": "ads"}
+
+
+@pytest.mark.parametrize(
+    ("properties", "os", "set_os", "initial_os"),
+    [
+        pytest.param({"$os_name": "iOS"}, "iOS", "iOS", "iOS", id="stands-in"),
+        pytest.param({"$os_name": "iOS", "$os": "Mac OS X"}, "Mac OS X", "Mac OS X", "Mac OS X", id="os-wins"),
+    ],
+)
+def test_os_name_stands_in_for_os(properties: dict[str, Any], os: str, set_os: str, initial_os: str) -> None:
+    props, _ = event_properties(raw_event(data={"event": "e", "properties": properties}))
+    assert (props["$os"], props["$set"], props["$set_once"]) == (os, {"$os": set_os}, {"$initial_os": initial_os})
+
+
+@pytest.mark.parametrize("event", ["$snapshot", "$performance_event"])
+def test_no_person_properties_are_lifted_from(event: str) -> None:
+    props, lifted = event_properties(raw_event(event=event, data={"event": event, "properties": PAGEVIEW}))
+    assert (props, lifted) == (PAGEVIEW, ())
+
+
+@pytest.mark.parametrize(
+    ("sent_at", "expected"),
+    [
+        ("2024-01-01 11:59:59.500000", "2024-01-01T11:59:59.5Z"),
+        ("2024-01-01 11:59:59.000000", "2024-01-01T11:59:59Z"),
+        ("2024-01-01 11:59:59.123456", "2024-01-01T11:59:59.123456Z"),
+        ("2024-01-01 11:59:59.12", "2024-01-01T11:59:59.12Z"),  # not format_ts's shape: parsed
+    ],
+)
+def test_sent_at_is_stored_as_posthog_does(sent_at: str, expected: str) -> None:
+    data = {"event": "e", "properties": {"$sent_at": "the client's"}}
+    (row,) = process_event(raw_event(data=data, sent_at=sent_at), 1).events
+    assert strict_json(row["properties"])["$sent_at"] == expected
+
+
+def test_no_sent_at_keeps_the_clients() -> None:
+    (row,) = process_event(raw_event(data={"event": "e", "properties": {"$sent_at": "x"}}), 1).events
+    assert strict_json(row["properties"]) == {"$sent_at": "x"}
+
+
+def test_a_personless_event_stores_no_person_operations() -> None:
+    data = {"event": "$pageview", "properties": {**PAGEVIEW, "$process_person_profile": False, "$unset": ["a"]},
+            "$set": {"a": 1}, "$set_once": {"b": 2}, "$unset": ["c"]}
+    stored = strict_json(process_event(raw_event(data=data), 1).events[0]["properties"])
+    assert {"$set", "$set_once", "$unset"} & set(stored) == set()
+    assert stored["$process_person_profile"] is False and stored["$browser"] == "Chrome"
 
 
 def test_unicode_is_not_escaped() -> None:
@@ -158,7 +247,10 @@ def test_gateway_to_row_chain() -> None:
     rows = [process_event(RawEvent.from_json(e.to_json()), 3).events[0] for e in events]
     assert [r["event"] for r in rows] == ["$pageview", "$identify"]
     assert rows[0]["distinct_id"] == "99"
-    assert strict_json(rows[0]["properties"]) == {"$current_url": "https://x.test", "$ip": "198.51.100.1"}
+    assert strict_json(rows[0]["properties"]) == {
+        "$current_url": "https://x.test", "$ip": "198.51.100.1", "$set": {"$current_url": "https://x.test"},
+        "$set_once": {"$initial_current_url": "https://x.test"},
+    }
     assert strict_json(rows[1]["properties"]) == {"$set": {"email": "u@x.test"}, "$ip": "198.51.100.1"}
     assert rows[1]["timestamp"] == "2020-08-16 09:03:11.000000"
     assert {r["created_at"] for r in rows} == {"2024-01-01 12:00:00.000000"}
