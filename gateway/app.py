@@ -9,7 +9,6 @@ import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -232,29 +231,42 @@ async def decode(request: web.Request, route: str, body: bytes, limits: Limits) 
         raise invalid("invalid_payload", "Malformed request data.") from None
 
 
+def _retrieved(future: asyncio.Future[object]) -> None:
+    if not future.cancelled():
+        future.exception()  # so asyncio does not log "exception was never retrieved" for each message
+
+
 async def publish(app: web.Application, messages: list[Message]) -> None:
     """Send every message and wait for Kafka's acks (acks=all); a timeout is a retryable 503."""
     prod = app[PRODUCER]
     topic = app[RAW_TOPIC]
     deadlines = app[DEADLINES]  # EVENTPIPE_PRODUCE_TIMEOUT_S, one timer per 0.1 s of deadlines
     started = time.perf_counter()
+    futures: list[asyncio.Future[object]] = []
     wait = deadlines.enter()
     try:
         try:
-            acks: list[asyncio.Future[Any]] = []
             if len(messages) < BATCHED_FROM:
                 # A few messages: the producer's own accumulator, whose linger gathers the concurrent
                 # single-event requests into batches better than handing each over at once would.
-                acks = [await prod.send(topic, value, key=key) for key, value in messages]
+                # Each message's future is this request's own: awaited one after the other (the
+                # producer resolves a batch's futures together, so this wakes once per batch).
+                for key, value in messages:
+                    futures.append(await prod.send(topic, value, key=key))
+                for future in futures:
+                    await future
             else:
+                acks: list[asyncio.Future[None]] = []
                 for start in range(0, len(messages), 1000):
                     if start:
                         await asyncio.sleep(0)  # a 10,000-event batch must not hold the loop for all its appends
                     acks += await app[BATCHER].add(prod, messages[start : start + 1000])
-            await Batcher.all_acked(acks)
+                await Batcher.all_acked(acks)  # the batches are shared: never await (cancel) them directly
         finally:
             in_time = deadlines.leave(wait)
     except BaseException as exc:
+        for future in futures:
+            future.add_done_callback(_retrieved)
         timed_out = isinstance(exc, asyncio.CancelledError) and deadlines.expired(wait, in_time)
         if not timed_out and not isinstance(exc, KafkaError):
             raise
