@@ -28,6 +28,14 @@ def by_partition(producer: FakeProducer) -> dict[int, list[bytes]]:
     return out
 
 
+async def stuck_requests(sizes: list[int]) -> tuple[FakeProducer, Batcher, list[asyncio.Future[None]]]:
+    """Requests of ``sizes`` messages to one partition of a producer that acks only by hand."""
+    producer, batcher = FakeProducer(ack=False, partitions=1), Batcher(TOPIC)
+    requests = [Batcher.all_acked(await batcher.add(producer, messages(r, n))) for r, n in enumerate(sizes)]
+    await asyncio.sleep(0.01)
+    return producer, batcher, requests
+
+
 def test_a_requests_messages_go_to_the_default_partitioners_partitions_in_order() -> None:
     async def main() -> None:
         producer, batcher = FakeProducer(partitions=4), Batcher(TOPIC)
@@ -45,11 +53,7 @@ def test_a_requests_messages_go_to_the_default_partitioners_partitions_in_order(
 
 def test_one_batch_per_partition_with_the_producer_the_next_fills_meanwhile() -> None:
     async def main() -> None:
-        producer, batcher = FakeProducer(ack=False, partitions=1), Batcher(TOPIC)
-        first = Batcher.all_acked(await batcher.add(producer, messages(0, 3)))
-        second = Batcher.all_acked(await batcher.add(producer, messages(1, 4)))
-        third = Batcher.all_acked(await batcher.add(producer, messages(2, 5)))
-        await asyncio.sleep(0.01)
+        producer, _batcher, (first, second, third) = await stuck_requests([3, 4, 5])
         assert producer.batches == [(0, 3)]  # the others wait for its ack, filling one batch
         producer.pending.pop(0).set_result(None)
         await asyncio.wait_for(first, 1)
@@ -74,11 +78,7 @@ def test_a_full_batch_starts_the_next_one() -> None:
 
 def test_a_failed_batch_fails_every_request_in_it_and_later_ones_go_on() -> None:
     async def main() -> None:
-        producer, batcher = FakeProducer(ack=False, partitions=1), Batcher(TOPIC)
-        first = Batcher.all_acked(await batcher.add(producer, messages(0, 2)))
-        second = Batcher.all_acked(await batcher.add(producer, messages(1, 2)))
-        third = Batcher.all_acked(await batcher.add(producer, messages(2, 2)))
-        await asyncio.sleep(0.01)
+        producer, batcher, (first, second, third) = await stuck_requests([2, 2, 2])
         producer.pending.pop(0).set_exception(KafkaTimeoutError())
         with pytest.raises(KafkaTimeoutError):
             await first
@@ -97,8 +97,7 @@ def test_a_failed_batch_fails_every_request_in_it_and_later_ones_go_on() -> None
 
 def test_a_request_that_stops_waiting_does_not_cancel_the_shared_batch() -> None:
     async def main() -> None:
-        producer, batcher = FakeProducer(ack=False, partitions=1), Batcher(TOPIC)
-        waiting = [Batcher.all_acked(await batcher.add(producer, messages(r, 1))) for r in range(2)]
+        producer, _batcher, waiting = await stuck_requests([1, 1])
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(waiting[0], 0.01)  # cancels that request's own future only
         producer.pending.pop(0).set_result(None)
