@@ -86,6 +86,28 @@ def decompress(data: bytes, hint: str, limit: int, lz_limit: int = LZ_MAX_CHARS)
     return data
 
 
+# How many places starting with the token's first letter _contains looks at before a plain search.
+_CONTAINS_PROBES = 32
+
+
+def _contains(data: bytes, token: bytes) -> bool:
+    """``token in data``, faster when the token's first letter (a capital) is rare in ``data``.
+
+    Finding one byte is a memchr; CPython's search for a 3-byte needle like ``NaN`` is not. Each place
+    of the first letter is checked; past a few dozen of them the plain search takes over, so text full
+    of that letter costs what ``in`` costs, never a Python loop over all of them.
+    """
+    first = token[:1]
+    i = data.find(first)
+    for _ in range(_CONTAINS_PROBES):
+        if i < 0:
+            return False
+        if data.startswith(token, i):
+            return True
+        i = data.find(first, i + 1)
+    return i >= 0 and data.find(token, i) >= 0
+
+
 def loads(data: bytes | str) -> Any:
     """Parse JSON; NaN / Infinity (sent by some SDKs) become null like PostHog's capture does.
 
@@ -93,8 +115,10 @@ def loads(data: bytes | str) -> Any:
     U+FFFD rather than refusing the batch: the rest of the events are good.
     """
     raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
-    # Two substring searches, not a regex alternation: measured 7x faster on a 100 KB batch.
-    if b"NaN" not in raw and b"Infinity" not in raw:
+    # Two substring searches, not a regex alternation: measured 7x faster on a 100 KB batch. "Infinity" is
+    # long enough for CPython's search to skip ahead (~47 µs per 100 KB); "NaN" is not (~78 µs), but its
+    # capital N is rare in events, so its places are looked up with memchr instead.
+    if not _contains(raw, b"NaN") and b"Infinity" not in raw:
         try:
             return ujson.loads(raw)
         except (ValueError, OverflowError, RecursionError, TypeError):

@@ -51,24 +51,17 @@ def _child(root: str, port: int) -> None:
         async def stop(self) -> None:
             pass
 
-    class Producer:
-        async def send(self, topic: str, value: bytes, key: bytes) -> asyncio.Future[Any]:
-            fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            fut.set_result(None)
-            return fut
-
-        async def stop(self) -> None:
-            pass
+    from tests.fakes import FakeProducer as Producer  # acks at once; send and the batch API
 
     print(f"child gateway from {gw.__file__}", flush=True)
     settings = replace(Settings(), port=port)
     if "registry" in inspect.signature(gw.build_app).parameters:
-        gw.serve(settings, registry=Registry(), producer=Producer())  # type: ignore[call-arg]
+        gw.serve(settings, registry=Registry(), producer=Producer(record=False))  # type: ignore[call-arg]
     else:  # the code before the hardening: no injection, plain run_app
         app = gw.build_app(settings)
         app.on_startup.clear()
         app.on_cleanup.clear()
-        app[gw.PRODUCER] = Producer()  # type: ignore[misc]
+        app[gw.PRODUCER] = Producer(record=False)  # type: ignore[misc]
         app[gw.REGISTRY] = Registry()  # type: ignore[misc]
         web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 

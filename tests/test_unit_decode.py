@@ -324,3 +324,13 @@ def test_loads_deep_nesting_is_400_not_a_crash() -> None:
 
 def test_gzip_magic_constant() -> None:
     assert gzip.compress(b"x")[:2] == decode.GZIP_MAGIC
+
+
+def test_contains_is_in_whatever_the_text() -> None:
+    probes = decode._CONTAINS_PROBES
+    rnd = random.Random(12)
+    texts = [b"", b"N", b"Na", b"NaN", b"xNaNx", b"N" * (probes + 5) + b"NaN", b"N" * (probes + 5),
+             b'{"a": "Nope", "b": NaN}']
+    texts += [bytes(rnd.choice(b"Na x") for _ in range(rnd.randint(0, 300))) for _ in range(3000)]
+    for text in texts:
+        assert decode._contains(text, b"NaN") == (b"NaN" in text), text

@@ -12,6 +12,7 @@ from aiokafka.errors import KafkaTimeoutError
 from eventpipe.config import Settings
 from eventpipe.contract import RawEvent
 from gateway import app as gw
+from tests.fakes import FakeProducer
 
 
 class FakeRegistry:
@@ -20,25 +21,6 @@ class FakeRegistry:
 
     async def resolve(self, api_key: str) -> int | None:
         return self.team_id(api_key)
-
-
-class FakeProducer:
-    """Accepts sends; acks only when ``ack`` is set (so a stuck broker can be simulated); ``fail``: the
-    n-th message's ack is that error instead."""
-
-    def __init__(self, ack: bool, fail: dict[int, Exception] | None = None) -> None:
-        self.ack = ack
-        self.fail = fail or {}
-        self.sent: list[tuple[str, bytes, bytes]] = []
-
-    async def send(self, topic: str, value: bytes, key: bytes) -> asyncio.Future[Any]:
-        self.sent.append((topic, value, key))
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        if len(self.sent) - 1 in self.fail:
-            fut.set_exception(self.fail[len(self.sent) - 1])
-        elif self.ack:
-            fut.set_result(None)
-        return fut
 
 
 async def _post(

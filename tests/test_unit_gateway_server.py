@@ -24,6 +24,7 @@ from gateway import app as gw
 from gateway import server
 from gateway.pool import DecodePool
 from tests import hostile
+from tests.fakes import FakeProducer
 
 GOOD = "phc_good"
 
@@ -38,20 +39,6 @@ class FakeRegistry:
     async def resolve(self, api_key: str) -> int | None:
         self.asked.append(api_key)
         return self.team_id(api_key)
-
-    async def stop(self) -> None:
-        pass
-
-
-class FakeProducer:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, bytes, bytes]] = []
-
-    async def send(self, topic: str, value: bytes, key: bytes) -> asyncio.Future[Any]:
-        self.sent.append((topic, value, key))
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        fut.set_result(None)
-        return fut
 
     async def stop(self) -> None:
         pass
