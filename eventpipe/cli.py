@@ -13,10 +13,14 @@ from eventpipe import config
 
 
 def _cmd_teams(args: argparse.Namespace, settings: config.Settings) -> int:
-    from eventpipe.kafka import create_team, list_teams
+    from eventpipe.kafka import TeamError, create_team, list_teams
 
     if args.teams_cmd == "create":
-        team = asyncio.run(create_team(settings, args.name))
+        try:
+            team = asyncio.run(create_team(settings, args.name, args.api_key))
+        except TeamError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         if args.json:
             print(json.dumps({"team_id": team.team_id, "api_key": team.api_key, "name": team.name}))
         else:
@@ -159,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     tsub = teams.add_subparsers(dest="teams_cmd", required=True)
     create = tsub.add_parser("create", help="create a team and print its api key")
     create.add_argument("--name", required=True)
+    create.add_argument(
+        "--api-key", metavar="phc_…", help="keep this existing PostHog project api key (default: mint a new one)"
+    )
     create.add_argument("--json", action="store_true")
     lst = tsub.add_parser("list", help="list teams")
     lst.add_argument("--json", action="store_true")

@@ -17,7 +17,7 @@ from aiokafka.partitioner import DefaultPartitioner, murmur2
 
 from eventpipe.config import Settings
 from eventpipe.contract import Topics, now_ts
-from eventpipe.teams import Registry, Team, new_api_key
+from eventpipe.teams import Registry, Team, new_api_key, project_key_error
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -294,8 +294,15 @@ class RegistryReader:
         return team_id
 
 
-async def create_team(settings: Settings, name: str, attempts: int = 10) -> Team:
-    """Append a new team with a fresh api key; retries on a lost team-id race (see eventpipe.teams)."""
+class TeamError(ValueError):
+    """A registry change refused (a key of the wrong shape or held already, an unknown team or key)."""
+
+
+async def create_team(settings: Settings, name: str, api_key: str | None = None, attempts: int = 10) -> Team:
+    """Append a new team, with ``api_key`` (an existing PostHog project key, kept) or a fresh one;
+    retries on a lost team-id race (see eventpipe.teams). TeamError for a key that can't be kept."""
+    if api_key is not None and (why := project_key_error(api_key)):
+        raise TeamError(f"--api-key {api_key!r}: {why}")
     await ensure_topics(settings)
     topic = topics_for(settings).teams
     reader = RegistryReader(settings)
@@ -304,7 +311,9 @@ async def create_team(settings: Settings, name: str, attempts: int = 10) -> Team
     await prod.start()
     try:
         for _ in range(attempts):
-            team = Team(reader.registry.next_team_id(), name, new_api_key(), now_ts())
+            if api_key is not None and reader.registry.holds(api_key):
+                raise TeamError(f"api key {api_key} belongs to a team already (see `eventpipe teams list`)")
+            team = Team(reader.registry.next_team_id(), name, api_key or new_api_key(), now_ts())
             await prod.send_and_wait(topic, team.to_json(), key=team.api_key.encode())
             await reader.catch_up(timeout_s=30)
             if reader.registry.owns(team):

@@ -16,7 +16,11 @@ from typing import Any
 import ujson
 
 API_KEY_PREFIX = "phc_"
+PERSONAL_KEY_PREFIX = "phx_"  # PostHog's personal (secret) api keys: never a project key
 _API_KEY_SHAPE = re.compile(r"[\x21-\x7e]{1,64}")  # printable ASCII, no spaces, at most 64 chars
+# A project key given to `teams create --api-key`: PostHog's shape (phc_ and url-safe characters, 43 of
+# them in the keys PostHog mints), at least 20 after the prefix so a kept key is not guessable.
+_PROJECT_KEY_SHAPE = re.compile(r"phc_[A-Za-z0-9_-]{20,60}")
 
 
 def new_api_key() -> str:
@@ -30,6 +34,18 @@ def api_key_shape_error(key: object) -> str | None:
         return "missing_api_key"
     if not _API_KEY_SHAPE.fullmatch(key):
         return "invalid_api_key"
+    return None
+
+
+def project_key_error(key: str) -> str | None:
+    """Why ``key`` can't be kept as a team's project api key (None when it can), in words for the CLI."""
+    if key.startswith(PERSONAL_KEY_PREFIX):
+        return (
+            "that is a personal api key (phx_…), a secret for PostHog's private API; "
+            "give the project api key (phc_…) the SDKs send"
+        )
+    if not _PROJECT_KEY_SHAPE.fullmatch(key):
+        return "a project api key is phc_ followed by 20 to 60 letters, digits, '-' or '_'"
     return None
 
 
@@ -83,6 +99,10 @@ class Registry:
             return None
         owner = self._owner_offset.get(team.team_id)
         return team.team_id if owner is not None and owner[1] == api_key else None
+
+    def holds(self, api_key: str) -> bool:
+        """Whether some team holds ``api_key`` (revoked keys included): it can't be given to another."""
+        return api_key in self._by_key
 
     def owns(self, team: Team) -> bool:
         return self.team_id(team.api_key) == team.team_id

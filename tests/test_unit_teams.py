@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import ujson
 
-from eventpipe.teams import API_KEY_PREFIX, Registry, Team, api_key_shape_error, new_api_key
+from eventpipe.teams import API_KEY_PREFIX, Registry, Team, api_key_shape_error, new_api_key, project_key_error
 
 
 def team(team_id: int, key: str, name: str = "t", revoked: bool = False) -> Team:
@@ -241,3 +241,30 @@ def test_next_team_id(records: list[tuple[str, bytes | None]], expected: int) ->
 def test_teams_are_sorted_by_id() -> None:
     reg = fold(claim(3, "c"), claim(1, "a"), claim(2, "b"))
     assert [t.team_id for t in reg.teams()] == [1, 2, 3]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# project keys kept from PostHog (teams create --api-key)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["phc_" + "a" * 43, "phc_" + "A1-_" * 5, "phc_" + "z" * 60, new_api_key()])
+def test_project_keys_that_can_be_kept(key: str) -> None:
+    assert project_key_error(key) is None
+
+
+@pytest.mark.parametrize(
+    ("key", "says"),
+    [
+        ("phx_" + "a" * 43, "personal api key"),
+        ("phc_short", "phc_ followed by"),
+        ("phc_" + "a" * 61, "phc_ followed by"),
+        ("abc" + "a" * 43, "phc_ followed by"),
+        ("phc_" + "a" * 42 + "!", "phc_ followed by"),
+        ("phc_" + "a" * 42 + "\n", "phc_ followed by"),
+        ("", "phc_ followed by"),
+    ],
+)
+def test_project_keys_that_are_refused(key: str, says: str) -> None:
+    error = project_key_error(key)
+    assert error is not None and says in error
