@@ -281,13 +281,21 @@ def _expected(req: Recorded, ev: dict[str, Any], top: dict[str, Any], query_sent
 # --- the replay -------------------------------------------------------------------------------------
 
 
-def replay(stack: Stack, req: Recorded) -> tuple[int, bytes]:
+@dataclass
+class Answer:
+    request: Recorded
+    status: int
+    headers: http.client.HTTPMessage
+    body: bytes
+
+
+def replay(stack: Stack, req: Recorded) -> Answer:
     conn = http.client.HTTPConnection("127.0.0.1", stack.port, timeout=30)
     try:
         target = req.path + (f"?{req.query}" if req.query else "")
         conn.request(req.method, target, body=req.body if req.body else None, headers=req.headers)
         resp = conn.getresponse()
-        return resp.status, resp.read()
+        return Answer(req, resp.status, resp.headers, resp.read())
     finally:
         conn.close()
 
@@ -296,29 +304,37 @@ def _ts(text: str) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 
+@dataclass
+class Replayed:
+    stack: Stack
+    team_id: int
+    expected: list[Expected]
+    answers: list[Answer]
+
+
 @pytest.fixture(scope="module")
-def replayed(
-    kafka: str, clickhouse_server: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Stack, int, list[Expected], list[tuple[Recorded, int, bytes]]]]:
+def replayed(kafka: str, clickhouse_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replayed]:
     stack = Stack(Path(tmp_path_factory.mktemp("sdk-traffic")))
     try:
         stack.start()
         team = stack.team("sdk traffic", api_key=API_KEY)
         assert team.api_key == API_KEY
         requests = load_requests()
-        answers = [(req, *replay(stack, req)) for req in requests]
-        expected = [e for req in requests for e in expected_events(req)]
-        yield stack, team.team_id, expected, answers
+        answers = [replay(stack, req) for req in requests]
+        yield Replayed(stack, team.team_id, [e for req in requests for e in expected_events(req)], answers)
     finally:
         stack.close()
 
 
-def test_every_recorded_request_gets_posthogs_answer(replayed: Any) -> None:
-    _stack, _team, _expected, answers = replayed
-    refused = [(req.name, status, body[:200]) for req, status, body in answers if status != 200]
+def test_every_recorded_request_gets_posthogs_answer(replayed: Replayed) -> None:
+    refused = [(a.request.name, a.status, a.body[:200]) for a in replayed.answers if a.status != 200]
     assert not refused, f"requests PostHog accepts were refused: {refused}"
-    for req, _status, body in answers:
-        assert json.loads(body) == {"status": 1}, req.name
+    for a in replayed.answers:
+        assert json.loads(a.body) == {"status": 1}, a.request.name
+        # A browser reads the answer only when CORS allows it: PostHog echoes the page's origin.
+        if "Origin" in a.request.headers:
+            assert a.headers["Access-Control-Allow-Origin"] == a.request.headers["Origin"], a.request.name
+            assert a.headers["Access-Control-Allow-Credentials"] == "true", a.request.name
 
 
 def poll_until_empty(fn: Callable[[], list[str]], timeout: float) -> list[str]:
@@ -341,7 +357,11 @@ def _rows(stack: Stack, team_id: int, expected: int) -> list[dict[str, Any]]:
         rows = stack.sql(query)
         return rows if len(rows) >= expected else None
 
-    return poll(fetch, 60, 0.5, f"{expected} stored events")
+    try:
+        return poll(fetch, 60, 0.5, f"{expected} stored events")
+    except AssertionError:
+        stack.dump_logs()
+        raise
 
 
 def _match(rows: list[dict[str, Any]], exp: Expected) -> dict[str, Any]:
@@ -360,8 +380,8 @@ def _match(rows: list[dict[str, Any]], exp: Expected) -> dict[str, Any]:
     return found[0]
 
 
-def test_every_event_is_stored_as_posthog_stores_it(replayed: Any) -> None:
-    stack, team_id, expected, _answers = replayed
+def test_every_event_is_stored_as_posthog_stores_it(replayed: Replayed) -> None:
+    stack, team_id, expected = replayed.stack, replayed.team_id, replayed.expected
     rows = _rows(stack, team_id, len(expected))
     assert len(rows) == len(expected), "one stored row per event sent"
     assert len({r["uuid"] for r in rows}) == len(rows)
@@ -393,14 +413,15 @@ def test_every_event_is_stored_as_posthog_stores_it(replayed: Any) -> None:
                     f"PostHog {exp.properties.get(key, '<absent>')!r}"
                 )
     assert not problems, "\n".join(problems)
+    # Nothing in real traffic is odd enough for a warning (an unparseable time, a future timestamp...).
+    assert stack.sql(f"SELECT type, details FROM ingestion_warnings WHERE team_id = {int(team_id)}") == []
 
 
-def test_the_elements_chain_rule_matches_posthog_js(replayed: Any) -> None:
+def test_the_elements_chain_rule_matches_posthog_js() -> None:
     """The chain this module builds from ``$elements`` is the one current posthog-js builds itself."""
-    _stack, _team, _expected, answers = replayed
     sent = [
         ev["properties"]
-        for req, _s, _b in answers
+        for req in load_requests()
         if req.session == "posthog-js-1.449.2.json"
         for ev in _events_of(decode_payload(req))
         if ev["event"] == "$autocapture"
@@ -444,8 +465,8 @@ def _expected_persons(expected: list[Expected], stored: list[dict[str, Any]]) ->
     return list(persons.values())
 
 
-def test_persons_merge_as_posthog_merges_them(replayed: Any) -> None:
-    stack, team_id, expected, _answers = replayed
+def test_persons_merge_as_posthog_merges_them(replayed: Replayed) -> None:
+    stack, team_id, expected = replayed.stack, replayed.team_id, replayed.expected
     stored = _rows(stack, team_id, len(expected))
     want = _expected_persons(expected, stored)
     n_ids = sum(len(ids) for ids, _ in want)
@@ -519,8 +540,8 @@ def test_persons_merge_as_posthog_merges_them(replayed: Any) -> None:
     assert not problems, "\n".join(problems)
 
 
-def test_groups_as_posthog_stores_them(replayed: Any) -> None:
-    stack, team_id, expected, _answers = replayed
+def test_groups_as_posthog_stores_them(replayed: Replayed) -> None:
+    stack, team_id, expected = replayed.stack, replayed.team_id, replayed.expected
     want: dict[str, dict[str, Any]] = {}
     for e in expected:
         if e.event == "$groupidentify":
