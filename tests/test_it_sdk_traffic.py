@@ -87,7 +87,8 @@ class Recorded:
 
 @dataclass
 class Expected:
-    """One event as PostHog would store it (timestamp relative to the receive time)."""
+    """One event as PostHog would store it. Its time is either ``after_receipt`` (added to the gateway's
+    receive time, the row's created_at) or ``as_sent``."""
 
     request: Recorded
     event: str
@@ -95,7 +96,8 @@ class Expected:
     uuid: str | None
     properties: dict[str, Any]
     elements_chain: str
-    timestamp: Any  # ("shift", timedelta) from now, or ("fixed", datetime)
+    after_receipt: timedelta | None
+    as_sent: datetime | None
     groups: dict[str, str] = field(default_factory=dict)
     person_set: dict[str, Any] = field(default_factory=dict)
     person_set_once: dict[str, Any] = field(default_factory=dict)
@@ -199,7 +201,8 @@ def expected_events(req: Recorded) -> list[Expected]:
     out = []
     for ev in events:
         if req.path.strip("/") == "engage" and "event" not in ev:
-            # A Mixpanel people update: PostHog's capture files /engage payloads as $identify.
+            # A Mixpanel people update: PostHog's capture names /engage payloads $identify
+            # (posthog/api/capture.py: "JS identify call").
             ev = {"event": "$identify", "distinct_id": ev["$distinct_id"], **ev}
         out.append(_expected(req, ev, top, query_sent_at))
     return out
@@ -212,19 +215,21 @@ def _expected(req: Recorded, ev: dict[str, Any], top: dict[str, Any], query_sent
     sent_at_raw = top.get("sent_at") or ev.get("sent_at")
     sent_at = _parse_time(sent_at_raw) if sent_at_raw else query_sent_at
 
+    after_receipt: timedelta | None = None
+    as_sent: datetime | None = None
     if ev.get("timestamp") is not None and sent_at is not None:
-        timestamp: Any = ("shift", _parse_time(ev["timestamp"]) - sent_at)
+        after_receipt = _parse_time(ev["timestamp"]) - sent_at
     elif ev.get("timestamp") is not None:
-        timestamp = ("fixed", _parse_time(ev["timestamp"]))
+        as_sent = _parse_time(ev["timestamp"])
     elif ev.get("offset") is not None:
-        timestamp = ("shift", -timedelta(milliseconds=ev["offset"]))
+        after_receipt = -timedelta(milliseconds=ev["offset"])
     elif req.path.strip("/") == "track" and props.get("time") is not None:
         # Not PostHog's rule (its capture ignores Mixpanel's time, the event is stored at its receive time):
         # eventpipe reads a /track event's own time, as Mixpanel does (docs/timestamps.md). A people
         # update's ``$time`` is read by neither.
-        timestamp = ("fixed", _parse_time(props["time"]))
+        as_sent = _parse_time(props["time"])
     else:
-        timestamp = ("shift", timedelta(0))
+        after_receipt = timedelta(0)
 
     # The person operations the client sent: top level merged over the properties' (normalizeEvent).
     for op in ("$set", "$set_once"):
@@ -239,7 +244,9 @@ def _expected(req: Recorded, ev: dict[str, Any], top: dict[str, Any], query_sent
         props["$set"] = {**lifted, **explicit_set}
         props["$set_once"] = {**initial, **explicit_once}
 
-    # What the person gets: copied keys are $set on person events, first-touch ($set_once) elsewhere.
+    # What the person gets: copied keys are $set on person events; elsewhere PostHog writes them only to
+    # a person lacking them, or beside another change (person-update.ts, shouldUpdatePersonIfOnlyChange),
+    # which depends on the order updates are applied in; docs/capture.md reads that as $set_once.
     person_set = dict(explicit_set)
     person_once = {**initial, **explicit_once}
     copied = {k: v for k, v in lifted.items() if k not in explicit_set}
@@ -270,7 +277,8 @@ def _expected(req: Recorded, ev: dict[str, Any], top: dict[str, Any], query_sent
         uuid=ev.get("uuid"),
         properties=props,
         elements_chain=chain,
-        timestamp=timestamp,
+        after_receipt=after_receipt,
+        as_sent=as_sent,
         groups=dict(props.get("$groups") or {}),
         person_set=person_set,
         person_set_once=person_once,
@@ -398,9 +406,9 @@ def test_every_event_is_stored_as_posthog_stores_it(replayed: Replayed) -> None:
             "team_id": (int(row["team_id"]), team_id),
             "elements_chain": (row["elements_chain"], exp.elements_chain),
         }
-        kind, value = exp.timestamp
-        want_ts = _ts(row["created_at"]) + value if kind == "shift" else value
-        checks["timestamp"] = (_ts(row["timestamp"]), want_ts)
+        received = _ts(row["created_at"])
+        want_time = received + exp.after_receipt if exp.after_receipt is not None else exp.as_sent
+        checks["timestamp"] = (_ts(row["timestamp"]), want_time)
         for gtype, column in group_index.items():
             checks[column] = (row[column], exp.groups.get(gtype, ""))
         for name, (got, want) in checks.items():
