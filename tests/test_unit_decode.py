@@ -15,6 +15,8 @@ from typing import Any
 from urllib.parse import quote, quote_plus
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from lzstring import LZString
 
 from gateway import decode
@@ -33,7 +35,11 @@ LZ = LZString().compressToBase64(JSON.decode())
 
 
 def lz(text: str) -> str:
-    return LZString().compressToBase64(text)
+    """LZString.compressToBase64 as a browser runs it: on UTF-16 code units (surrogate pairs for emoji)."""
+    units = text.encode("utf-16-le", "surrogatepass")
+    return LZString().compressToBase64(
+        "".join(chr(int.from_bytes(units[i : i + 2], "little")) for i in range(0, len(units), 2))
+    )
 
 
 def payload(
@@ -332,8 +338,16 @@ def test_gzip_magic_constant() -> None:
 def test_contains_is_in_whatever_the_text() -> None:
     probes = decode._CONTAINS_PROBES
     rnd = random.Random(12)
-    texts = [b"", b"N", b"Na", b"NaN", b"xNaNx", b"N" * (probes + 5) + b"NaN", b"N" * (probes + 5),
-             b'{"a": "Nope", "b": NaN}']
+    texts = [
+        b"",
+        b"N",
+        b"Na",
+        b"NaN",
+        b"xNaNx",
+        b"N" * (probes + 5) + b"NaN",
+        b"N" * (probes + 5),
+        b'{"a": "Nope", "b": NaN}',
+    ]
     texts += [bytes(rnd.choice(b"Na x") for _ in range(rnd.randint(0, 300))) for _ in range(3000)]
     for text in texts:
         assert decode._contains(text, b"NaN") == (b"NaN" in text), text
@@ -422,8 +436,13 @@ def test_every_encoding_is_decoded_whatever_the_hints_claim(
         pytest.param(LZ.encode(), "text/plain", {"compression": "gzip"}, "", id="gzip-hint-on-lz64"),
         pytest.param(B64, "text/plain", {"compression": "lz64"}, "", id="lz64-hint-on-base64"),
         pytest.param(_form(B64.decode()) + b"&compression=lz64", FORM, {}, "", id="form-lz64-field-on-base64"),
-        pytest.param(b"ver=1.78.0&_=1700000000000&data=" + quote_plus(B64).encode(), "text/plain", {}, "",
-                     id="form-with-fields-before-data-as-text"),
+        pytest.param(
+            b"ver=1.78.0&_=1700000000000&data=" + quote_plus(B64).encode(),
+            "text/plain",
+            {},
+            "",
+            id="form-with-fields-before-data-as-text",
+        ),
         pytest.param(b"data=" + quote(quote(B64.decode(), safe="")).encode(), FORM, {}, "", id="form-encoded-twice"),
     ],
 )
@@ -491,8 +510,10 @@ GARBAGE: list[bytes] = [
     b"data=" + base64.b64encode(bytes(rng.randrange(256) for _ in range(300))),
     b"&".join(b"f%d=1" % i for i in range(100)),
     *(bytes(rng.randrange(256) for _ in range(rng.randrange(1, 2000))) for _ in range(8)),
-    *(bytes(rng.choice(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=") for _ in range(500))
-      for _ in range(4)),
+    *(
+        bytes(rng.choice(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=") for _ in range(500))
+        for _ in range(4)
+    ),
 ]
 
 
@@ -541,3 +562,58 @@ def test_bombs_behind_a_lying_hint_stop_at_the_limits(bomb: bytes, hint: str) ->
         tracemalloc.stop()
     assert (err.status, err.code) == (413, "payload_too_large")
     assert peak < 4 * LIMIT + 2 * len(bomb)
+
+
+@given(
+    body=st.binary(max_size=600)
+    | st.sampled_from(GARBAGE)
+    | st.builds(lambda b: b"data=" + b, st.binary(max_size=200)),
+    hint=st.sampled_from(HINTS) | st.text(max_size=10),
+    content_type=st.sampled_from(CONTENT_TYPES),
+    content_encoding=st.sampled_from(["", "gzip", "deflate", "br", "lz64", "base64"]),
+)
+@settings(max_examples=400, deadline=None)
+def test_any_bytes_under_any_hints_decode_or_are_a_4xx(
+    body: bytes, hint: str, content_type: str, content_encoding: str
+) -> None:
+    try:
+        decode_request(body, content_type, {"compression": hint}, content_encoding, LIMIT)
+    except CaptureError as err:
+        assert 400 <= err.status < 500
+
+
+@given(
+    value=st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+        max_leaves=15,
+    ),
+    encoding=st.sampled_from(sorted(ENCODINGS)),
+    hint=st.sampled_from(HINTS),
+)
+@settings(max_examples=300, deadline=None)
+def test_any_payload_round_trips_through_every_encoding_whatever_the_hint(value: Any, encoding: str, hint: str) -> None:
+    text = json.dumps([{"event": "e", "v": value}], ensure_ascii=False)
+    b64_text = base64.b64encode(text.encode()).decode()
+    bodies = {
+        "json": (text.encode(), None),
+        "gzip": (gzip.compress(text.encode()), None),
+        "zlib": (zlib.compress(text.encode()), None),
+        "base64": (b64_text.encode(), None),
+        "base64-url-safe": (base64.urlsafe_b64encode(text.encode()), None),
+        "base64-of-gzip": (_b64(gzip.compress(text.encode())).encode(), None),
+        "lz64": (lz(text).encode(), None),
+        "form-json": (_form(text), None),
+        "form-base64": (_form(b64_text), None),
+        "form-base64-spaces": (("data=" + b64_text.replace("+", " ")).encode(), None),
+        "form-base64-of-gzip": (_form(_b64(gzip.compress(text.encode()))), None),
+        "form-lz64": (_form(lz(text)), None),
+        "form-lz64-spaces": (("data=" + lz(text).replace("+", " ")).encode(), None),
+        "gzip-of-form-base64": (gzip.compress(_form(b64_text)), None),
+        "get-json": (b"", text),
+        "get-base64": (b"", b64_text),
+        "get-lz64": (b"", lz(text)),
+    }
+    body, get_data = bodies[encoding]
+    query = {"compression": hint, **({"data": get_data} if get_data is not None else {})}
+    assert json.loads(payload(body, "text/plain", query)) == json.loads(text)
