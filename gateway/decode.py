@@ -183,9 +183,9 @@ def decompress(
 
     Each encoding is undone at most once (base64 of gzip, gzip of base64: two layers), so the work is
     at most one inflate to ``limit``, one base64 decode and one lz-string decode, whatever the request
-    holds; ``used``: encodings undone already (the body's Content-Encoding). A candidate whose decode
-    fails (400) gives way to the next one; a decode past the limits (413) is final. Text that is
-    nothing of these is returned as it is, for the JSON parse to refuse.
+    holds; ``used``: encodings undone already (a gzip body, inflated before its form was read). A
+    candidate whose decode fails (400) gives way to the next one; a decode past the limits (413) is
+    final. Text that is nothing of these is returned as it is, for the JSON parse to refuse.
     """
     kind = hint_kind(hint)
     done = set(used)
