@@ -11,32 +11,76 @@ from typing import Any
 from clickhouse.squash import BATCH_ROWS, DEFAULT_MIN_AGE_S
 from eventpipe import config
 
+DEFAULT_ROTATION_GRACE = "24h"  # long enough to roll a new key out to every app, short for a leaked one
+
+
+def _grace(text: str) -> float:
+    from eventpipe.durations import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
 
 def _cmd_teams(args: argparse.Namespace, settings: config.Settings) -> int:
-    from eventpipe.kafka import TeamError, create_team, list_teams
+    import time
 
-    if args.teams_cmd == "create":
-        try:
-            team = asyncio.run(create_team(settings, args.name, args.api_key))
-        except TeamError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        if args.json:
-            print(json.dumps({"team_id": team.team_id, "api_key": team.api_key, "name": team.name}))
-        else:
-            print(f"team_id: {team.team_id}\nname:    {team.name}\napi_key: {team.api_key}")
-        return 0
-    teams = asyncio.run(list_teams(settings))
-    if args.json:
-        print(
-            json.dumps(
-                [{"team_id": t.team_id, "name": t.name, "api_key": t.api_key, "revoked": t.revoked} for t in teams]
+    from eventpipe import kafka
+    from eventpipe.teams import TeamError
+
+    try:
+        if args.teams_cmd == "create":
+            team = asyncio.run(kafka.create_team(settings, args.name, args.api_key))
+            if args.json:
+                print(json.dumps({"team_id": team.team_id, "api_key": team.api_key, "name": team.name}))
+            else:
+                print(f"team_id: {team.team_id}\nname:    {team.name}\napi_key: {team.api_key}")
+            return 0
+        if args.teams_cmd == "rotate-key":
+            info, new = asyncio.run(kafka.rotate_key(settings, args.team, args.grace))
+            if args.json:
+                print(json.dumps({**info.as_json(time.time()), "api_key": new.api_key}))
+            else:
+                print(f"team_id: {info.team_id}\nname:    {info.name}\napi_key: {new.api_key} (new)")
+                for key in info.keys:
+                    if key.api_key != new.api_key:
+                        print(f"         {key.api_key} {key.state(time.time())}")
+            return 0
+        if args.teams_cmd == "revoke-key":
+            info, key, changed = asyncio.run(kafka.revoke_key(settings, args.api_key, args.grace))
+            now = time.time()
+            if args.json:
+                print(json.dumps({"team_id": info.team_id, "name": info.name, "changed": changed, **key.as_json(now)}))
+            else:
+                print(
+                    f"{key.api_key} (team {info.team_id} {info.name}): {key.state(now)}{'' if changed else ' already'}"
+                )
+            if not info.valid_keys(now):
+                print(
+                    f"note: team {info.team_id} has no valid key left; `eventpipe teams rotate-key {info.team_id}` "
+                    "issues one",
+                    file=sys.stderr,
+                )
+            return 0
+        if args.teams_cmd == "rename":
+            info = asyncio.run(kafka.rename_team(settings, args.team, args.name))
+            print(
+                json.dumps({"team_id": info.team_id, "name": info.name})
+                if args.json
+                else f"team {info.team_id}: {info.name}"
             )
-        )
+            return 0
+        teams = asyncio.run(kafka.list_teams(settings))
+    except TeamError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    now = time.time()
+    if args.json:
+        print(json.dumps([t.as_json(now) for t in teams], ensure_ascii=False))
     else:
-        _print_table(
-            ["team_id", "name", "api_key", "created_at"], [(t.team_id, t.name, t.api_key, t.created_at) for t in teams]
-        )
+        rows = [(t.team_id, t.name, k.api_key, k.state(now), k.created_at) for t in teams for k in reversed(t.keys)]
+        _print_table(["team_id", "name", "api_key", "state", "created_at"], rows)
     return 0
 
 
@@ -159,16 +203,37 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("gateway", help="run the HTTP capture gateway")
     sub.add_parser("processors", aliases=["processor"], help="run a processor worker (Faust)")
     sub.add_parser("sink", help="run the ClickHouse sink")
-    teams = sub.add_parser("teams", help="create or list teams")
+    teams = sub.add_parser("teams", help="create, list and rename teams; rotate and revoke their api keys")
     tsub = teams.add_subparsers(dest="teams_cmd", required=True)
     create = tsub.add_parser("create", help="create a team and print its api key")
     create.add_argument("--name", required=True)
     create.add_argument(
         "--api-key", metavar="phc_…", help="keep this existing PostHog project api key (default: mint a new one)"
     )
-    create.add_argument("--json", action="store_true")
-    lst = tsub.add_parser("list", help="list teams")
-    lst.add_argument("--json", action="store_true")
+    lst = tsub.add_parser("list", help="list teams, with the state of each of their keys")
+    rotate = tsub.add_parser("rotate-key", help="issue a new api key; the team's other keys end after a grace")
+    rotate.add_argument("team", metavar="TEAM", help="team id or (unique) name")
+    rotate.add_argument(
+        "--grace",
+        type=_grace,
+        default=DEFAULT_ROTATION_GRACE,  # argparse converts a string default with type
+        metavar="DURATION",
+        help=f"how long the old keys stay valid: 30s, 15m, 24h, 7d; 0: revoked now (default {DEFAULT_ROTATION_GRACE})",
+    )
+    revoke = tsub.add_parser("revoke-key", help="revoke an api key, now or after a grace")
+    revoke.add_argument("api_key", metavar="KEY")
+    revoke.add_argument(
+        "--grace",
+        type=_grace,
+        default=0.0,
+        metavar="DURATION",
+        help="keep the key valid this long first (default 0: now)",
+    )
+    rename = tsub.add_parser("rename", help="rename a team")
+    rename.add_argument("team", metavar="TEAM", help="team id or (unique) name")
+    rename.add_argument("name", metavar="NAME")
+    for cmd in (create, lst, rotate, revoke, rename):
+        cmd.add_argument("--json", action="store_true")
     sql = sub.add_parser("sql", help="run one read-only SQL query (ClickHouse enforces readonly=1 and limits)")
     sql.add_argument("query")
     sql.add_argument("--format", choices=["table", "json", "tsv"])
