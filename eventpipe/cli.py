@@ -77,7 +77,7 @@ def _cmd_teams(args: argparse.Namespace, settings: config.Settings) -> int:
         return 1
     now = time.time()
     if args.json:
-        print(json.dumps([t.as_json(now) for t in teams], ensure_ascii=False))
+        print(json.dumps([t.as_json(now) for t in teams]))
     else:
         rows = [(t.team_id, t.name, k.api_key, k.state(now), k.created_at) for t in teams for k in reversed(t.keys)]
         _print_table(["team_id", "name", "api_key", "state", "created_at"], rows)

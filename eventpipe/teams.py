@@ -50,7 +50,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -281,131 +281,179 @@ def _parse(value: bytes) -> _Claim | _State | _Name:
     raise ValueError(f"unknown record type {kind!r}")
 
 
+_Parsed = _Claim | _State | _Name
+
+
 @dataclass(slots=True)
-class _Folded:
-    teams: dict[int, TeamInfo] = field(default_factory=dict)
-    keys: dict[str, Key] = field(default_factory=dict)  # every held key, revoked ones too
-    live: dict[str, tuple[int, float | None]] = field(default_factory=dict)  # unrevoked key -> (team, until)
-    accepted: set[str] = field(default_factory=set)  # Kafka keys of the claims that won
+class _Stored:
+    first: int  # the offset the Kafka key was first seen at (since its last tombstone): a claim's order
+    last: int  # the offset of this, its latest record: "latest wins" for key states and names
+    record: _Parsed
 
 
 class Registry:
     """In-memory fold of the registry topic. Feed it records in offset order with :meth:`apply`.
 
-    It keeps the latest record of each Kafka key (what compaction keeps) with the offset the key was
-    first seen at, and folds them again on the first lookup after a change: lookups are dict reads.
-    ``clock``: the Unix time a key's validity is judged by (injected by tests).
+    It keeps the latest record of each Kafka key (what compaction keeps). A record that extends the log
+    (a new claim, a key's state, a name) is folded in as it arrives; the rare ones that change the past
+    (the tombstone of a winning claim, a record of before rewritten) make it fold every record again on
+    the next lookup. Lookups are dict reads. ``clock``: the Unix time keys are judged by (tests inject it).
     """
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
-        self._records: dict[str, tuple[int, _Claim | _State | _Name]] = {}
-        self._folded = _Folded()
-        self._dirty = False
+        self._records: dict[str, _Stored] = {}
+        self._refold_needed = False
+        self._reset()
+
+    def _reset(self) -> None:
+        self._live: dict[str, tuple[int, float | None]] = {}  # usable key -> (team id, valid until)
+        self._keys: dict[str, Key] = {}  # every held key, revoked ones too
+        self._claims: dict[str, _Claim] = {}  # held key -> the record that gave it (its state's base)
+        self._accepted: set[str] = set()  # Kafka keys of the claims that won
+        self._teams: dict[int, tuple[str, str, list[str]]] = {}  # owned id -> (name, created_at, keys)
+        self._states: dict[str, tuple[int, _State]] = {}  # api key -> its latest state (offset, state)
+        self._names: dict[int, tuple[int, str]] = {}  # team id -> its latest name (offset, name)
 
     def apply(self, offset: int, key: str, value: bytes | None) -> None:
+        old = self._records.get(key)
         if value is None:  # tombstone: a loser of a race withdrawing its claim
-            self._dirty |= self._records.pop(key, None) is not None
+            if old is not None:
+                del self._records[key]
+                # A lost claim held nothing: forgetting it changes nothing. Anything else is refolded.
+                self._refold_needed |= not (isinstance(old.record, _Claim) and key not in self._accepted)
             return
         try:
             record = _parse(value)
         except (ValueError, KeyError, TypeError, OverflowError):
             return  # a malformed record is skipped, never fatal for the readers
-        first = self._records.get(key)
-        self._records[key] = (offset if first is None else first[0], record)
-        self._dirty = True
+        self._records[key] = _Stored(offset if old is None else old.first, offset, record)
+        if old is not None and (isinstance(old.record, _Claim) or isinstance(record, _Claim)):
+            self._refold_needed = True  # a claim rewritten in place (records of before): its past changes
+        elif not self._refold_needed:
+            self._fold_in(key, record, offset)
 
-    def _view(self) -> _Folded:
-        if self._dirty:
-            self._folded = _fold(self._records)
-            self._dirty = False
-        return self._folded
+    def _fold_in(self, kafka_key: str, record: _Parsed, offset: int) -> None:
+        """One record, the latest so far (a claim: the latest first offset), into the folded state."""
+        if isinstance(record, _Claim):
+            self._claim(kafka_key, record)
+        elif isinstance(record, _State):
+            if offset >= self._states.get(record.api_key, (-1, None))[0]:
+                self._states[record.api_key] = (offset, record)
+                self._set_key(record.api_key)
+        elif offset >= self._names.get(record.team_id, (-1, ""))[0]:
+            self._names[record.team_id] = (offset, record.name)
+            if record.team_id in self._teams:
+                _, created, keys = self._teams[record.team_id]
+                self._teams[record.team_id] = (record.name, created, keys)
+
+    def _claim(self, kafka_key: str, claim: _Claim) -> None:
+        """The module's rules: a team claim wins an unowned id, a key record needs an owned one, and
+        either needs a key no team holds."""
+        if claim.api_key in self._keys or (claim.name is not None) == (claim.team_id in self._teams):
+            return
+        if claim.name is not None:
+            name = self._names[claim.team_id][1] if claim.team_id in self._names else claim.name
+            self._teams[claim.team_id] = (name, claim.created_at, [])
+        self._teams[claim.team_id][2].append(claim.api_key)
+        self._claims[claim.api_key] = claim
+        self._accepted.add(kafka_key)
+        self._set_key(claim.api_key)
+
+    def _set_key(self, api_key: str) -> None:
+        """A held key as its claim and its latest state make it."""
+        claim = self._claims.get(api_key)
+        if claim is None:
+            return  # a state of a key no team holds (yet)
+        state = self._states.get(api_key)
+        until, revoked = (None, claim.revoked) if state is None else (state[1].valid_until, state[1].revoked)
+        self._keys[api_key] = Key(api_key, claim.team_id, claim.created_at, until, revoked)
+        if revoked:
+            self._live.pop(api_key, None)
+        else:
+            self._live[api_key] = (claim.team_id, until)
+
+    def _refolded(self) -> None:
+        """Fold every surviving record again: states and names first (latest wins), then the claims in
+        the order of their first offsets."""
+        self._refold_needed = False
+        self._reset()
+        stored = sorted(self._records.items(), key=lambda item: item[1].first)
+        for kafka_key, s in stored:
+            if not isinstance(s.record, _Claim):
+                self._fold_in(kafka_key, s.record, s.last)
+        for kafka_key, s in stored:
+            if isinstance(s.record, _Claim):
+                self._claim(kafka_key, s.record)
 
     def team_id(self, api_key: str) -> int | None:
         """The team of a valid key, None for a key no team holds or one revoked or past its grace."""
-        live = self._view().live.get(api_key)
+        if self._refold_needed:
+            self._refolded()
+        live = self._live.get(api_key)
         if live is None:
             return None
-        team_id, until = live
-        if until is not None and self.clock() >= until:
+        if live[1] is not None and self.clock() >= live[1]:
             return None
-        return team_id
+        return live[0]
+
+    def _view(self) -> Registry:
+        if self._refold_needed:
+            self._refolded()
+        return self
 
     def holds(self, api_key: str) -> bool:
         """Whether some team holds ``api_key`` (revoked keys included): it can't be given to another."""
-        return api_key in self._view().keys
+        return api_key in self._view()._keys
 
     def key(self, api_key: str) -> Key | None:
-        return self._view().keys.get(api_key)
+        return self._view()._keys.get(api_key)
 
     def accepted(self, kafka_key: str) -> bool:
         """Whether the claim written under ``kafka_key`` won (see the module's rules)."""
-        return kafka_key in self._view().accepted
+        return kafka_key in self._view()._accepted
 
     def key_of(self, kafka_key: str) -> Key | None:
         """The key a claim written under ``kafka_key`` introduced, when it won."""
-        view = self._view()
-        record = self._records.get(kafka_key)
-        if kafka_key not in view.accepted or record is None or not isinstance(record[1], _Claim):
+        stored = self._records.get(kafka_key)
+        if not self.accepted(kafka_key) or stored is None or not isinstance(stored.record, _Claim):
             return None
-        return view.keys.get(record[1].api_key)
+        return self._keys.get(stored.record.api_key)
 
     def owns(self, team: Team) -> bool:
         """Whether ``team``'s key is valid and belongs to ``team.team_id``."""
         return self.team_id(team.api_key) == team.team_id
 
     def team(self, team_id: int) -> TeamInfo | None:
-        return self._view().teams.get(team_id)
+        found = self._view()._teams.get(team_id)
+        if found is None:
+            return None
+        name, created, keys = found
+        return TeamInfo(team_id, name, created, tuple(self._keys[k] for k in keys))
+
+    def teams(self) -> list[TeamInfo]:
+        return [t for team_id in sorted(self._view()._teams) if (t := self.team(team_id)) is not None]
 
     def find(self, ref: str) -> TeamInfo:
         """The team ``ref`` names: a team id, else a (unique) name; TeamError otherwise."""
-        teams = self._view().teams
-        if ref.isdigit() and int(ref) in teams:
-            return teams[int(ref)]
-        named = [t for t in teams.values() if t.name == ref]
+        if ref.isdigit() and (team := self.team(int(ref))) is not None:
+            return team
+        named = [t for t in self.teams() if t.name == ref]
         if len(named) == 1:
             return named[0]
         if named:
-            ids = ", ".join(str(t.team_id) for t in sorted(named, key=lambda t: t.team_id))
+            ids = ", ".join(str(t.team_id) for t in named)
             raise TeamError(f"{len(named)} teams are named {ref!r} (team ids {ids}): give the team id")
         raise TeamError(f"no team {ref!r} (neither a team id nor a name; see `eventpipe teams list`)")
 
     def next_team_id(self) -> int:
-        return max(self._view().teams, default=0) + 1
-
-    def teams(self) -> list[TeamInfo]:
-        return sorted(self._view().teams.values(), key=lambda t: t.team_id)
+        return max(self._view()._teams, default=0) + 1
 
     def __len__(self) -> int:
         """The number of keys teams hold."""
-        return len(self._view().keys)
+        return len(self._view()._keys)
 
-
-def _fold(records: dict[str, tuple[int, _Claim | _State | _Name]]) -> _Folded:
-    """The registry the surviving records make: claims in the order of their first offset, then each
-    key's latest state and each team's latest name."""
-    out = _Folded()
-    names: dict[int, str] = {}
-    created: dict[int, str] = {}
-    keys: dict[int, list[Key]] = {}
-    for kafka_key, (_offset, rec) in sorted(records.items(), key=lambda item: item[1][0]):
-        if not isinstance(rec, _Claim) or rec.api_key in out.keys:
-            continue
-        if (rec.name is not None) == (rec.team_id in names):
-            continue  # a claim of an owned team id, or a key of a team no one owns
-        if rec.name is not None:
-            names[rec.team_id], created[rec.team_id], keys[rec.team_id] = rec.name, rec.created_at, []
-        out.keys[rec.api_key] = Key(rec.api_key, rec.team_id, rec.created_at, revoked=rec.revoked)
-        keys[rec.team_id].append(out.keys[rec.api_key])
-        out.accepted.add(kafka_key)
-    for _offset, rec in records.values():
-        if isinstance(rec, _State) and rec.api_key in out.keys:
-            old = out.keys[rec.api_key]
-            out.keys[rec.api_key] = Key(old.api_key, old.team_id, old.created_at, rec.valid_until, rec.revoked)
-        elif isinstance(rec, _Name) and rec.team_id in names:
-            names[rec.team_id] = rec.name
-    for team_id, team_keys in keys.items():
-        current = tuple(out.keys[k.api_key] for k in team_keys)
-        out.teams[team_id] = TeamInfo(team_id, names[team_id], created[team_id], current)
-    out.live = {k.api_key: (k.team_id, k.valid_until) for k in out.keys.values() if not k.revoked}
-    return out
+    def refold(self) -> None:
+        """Fold every record again from scratch (what :meth:`apply` falls back to; tests compare)."""
+        self._refold_needed = True
+        self._view()

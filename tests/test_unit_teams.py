@@ -506,6 +506,8 @@ def random_log(rng: random.Random) -> list[tuple[str, bytes | None]]:
         elif op < 0.8:
             until = T0 + rng.choice([-10, 0, 10, 100])
             log.append(ends(team_id, key, valid_until=until, revoked=rng.random() < 0.3))
+            if rng.random() < 0.05:
+                log.append((log[-1][0], None))  # no writer does this; the fold must still agree
         elif op < 0.9:
             log.append(name_record(team_id, rng.choice("xyz")))
         elif legacy:
@@ -533,6 +535,17 @@ def test_compaction_never_changes_the_fold(seed: int) -> None:
             if not (drop_tombstones and value is None):
                 reg.apply(offset, key, value)
         assert snapshot(reg, clock) == snapshot(full, clock), log
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_folding_as_records_arrive_equals_folding_them_all_again(seed: int) -> None:
+    rng = random.Random(seed)
+    log = random_log(rng)
+    clock = Clock()
+    incremental = fold_at(clock, *log)
+    refolded = fold_at(clock, *log)
+    refolded.refold()
+    assert snapshot(incremental, clock) == snapshot(refolded, clock), log
 
 
 def test_the_fold_is_the_same_for_every_reader_whenever_it_looks() -> None:
