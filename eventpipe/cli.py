@@ -54,7 +54,7 @@ def _cmd_teams(args: argparse.Namespace, settings: config.Settings) -> int:
                 print(json.dumps({"team_id": info.team_id, "name": info.name, "changed": changed, **key.as_json(now)}))
             else:
                 print(
-                    f"{key.api_key} (team {info.team_id} {info.name}): {key.state(now)}{'' if changed else ' already'}"
+                    f"{key.api_key} (team {info.team_id} {info.name}): {key.state(now)}{'' if changed else ' (unchanged)'}"
                 )
             if not info.valid_keys(now):
                 print(
