@@ -23,64 +23,79 @@ def _grace(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _teams_create(args: argparse.Namespace, settings: config.Settings, now: float) -> str:
+    from eventpipe.kafka import create_team
+
+    team = asyncio.run(create_team(settings, args.name, args.api_key))
+    if args.json:
+        return json.dumps({"team_id": team.team_id, "api_key": team.api_key, "name": team.name})
+    return f"team_id: {team.team_id}\nname:    {team.name}\napi_key: {team.api_key}"
+
+
+def _teams_rotate(args: argparse.Namespace, settings: config.Settings, now: float) -> str:
+    from eventpipe.kafka import rotate_key
+
+    info, new = asyncio.run(rotate_key(settings, args.team, args.grace))
+    if args.json:
+        return json.dumps({**info.as_json(now), "api_key": new.api_key})
+    old = [f"         {k.api_key} {k.state(now)}" for k in info.keys if k.api_key != new.api_key]
+    return "\n".join([f"team_id: {info.team_id}", f"name:    {info.name}", f"api_key: {new.api_key} (new)", *old])
+
+
+def _teams_revoke(args: argparse.Namespace, settings: config.Settings, now: float) -> str:
+    from eventpipe.kafka import revoke_key
+
+    info, key, changed = asyncio.run(revoke_key(settings, args.api_key, args.grace))
+    if not info.valid_keys(now):
+        print(
+            f"note: team {info.team_id} has no valid key left; `eventpipe teams rotate-key {info.team_id}` issues one",
+            file=sys.stderr,
+        )
+    if args.json:
+        return json.dumps({"team_id": info.team_id, "name": info.name, "changed": changed, **key.as_json(now)})
+    unchanged = "" if changed else " (unchanged)"
+    return f"{key.api_key} (team {info.team_id} {info.name}): {key.state(now)}{unchanged}"
+
+
+def _teams_rename(args: argparse.Namespace, settings: config.Settings, now: float) -> str:
+    from eventpipe.kafka import rename_team
+
+    info = asyncio.run(rename_team(settings, args.team, args.name))
+    if args.json:
+        return json.dumps({"team_id": info.team_id, "name": info.name})
+    return f"team {info.team_id}: {info.name}"
+
+
+def _teams_list(args: argparse.Namespace, settings: config.Settings, now: float) -> str | None:
+    from eventpipe.kafka import list_teams
+
+    teams = asyncio.run(list_teams(settings))
+    if args.json:
+        return json.dumps([t.as_json(now) for t in teams])
+    rows = [(t.team_id, t.name, k.api_key, k.state(now), k.created_at) for t in teams for k in reversed(t.keys)]
+    _print_table(["team_id", "name", "api_key", "state", "created_at"], rows)
+    return None
+
+
 def _cmd_teams(args: argparse.Namespace, settings: config.Settings) -> int:
     import time
 
-    from eventpipe import kafka
     from eventpipe.teams import TeamError
 
+    commands = {
+        "create": _teams_create,
+        "rotate-key": _teams_rotate,
+        "revoke-key": _teams_revoke,
+        "rename": _teams_rename,
+        "list": _teams_list,
+    }
     try:
-        if args.teams_cmd == "create":
-            team = asyncio.run(kafka.create_team(settings, args.name, args.api_key))
-            if args.json:
-                print(json.dumps({"team_id": team.team_id, "api_key": team.api_key, "name": team.name}))
-            else:
-                print(f"team_id: {team.team_id}\nname:    {team.name}\napi_key: {team.api_key}")
-            return 0
-        if args.teams_cmd == "rotate-key":
-            info, new = asyncio.run(kafka.rotate_key(settings, args.team, args.grace))
-            if args.json:
-                print(json.dumps({**info.as_json(time.time()), "api_key": new.api_key}))
-            else:
-                print(f"team_id: {info.team_id}\nname:    {info.name}\napi_key: {new.api_key} (new)")
-                for key in info.keys:
-                    if key.api_key != new.api_key:
-                        print(f"         {key.api_key} {key.state(time.time())}")
-            return 0
-        if args.teams_cmd == "revoke-key":
-            info, key, changed = asyncio.run(kafka.revoke_key(settings, args.api_key, args.grace))
-            now = time.time()
-            if args.json:
-                print(json.dumps({"team_id": info.team_id, "name": info.name, "changed": changed, **key.as_json(now)}))
-            else:
-                print(
-                    f"{key.api_key} (team {info.team_id} {info.name}): {key.state(now)}{'' if changed else ' (unchanged)'}"
-                )
-            if not info.valid_keys(now):
-                print(
-                    f"note: team {info.team_id} has no valid key left; `eventpipe teams rotate-key {info.team_id}` "
-                    "issues one",
-                    file=sys.stderr,
-                )
-            return 0
-        if args.teams_cmd == "rename":
-            info = asyncio.run(kafka.rename_team(settings, args.team, args.name))
-            print(
-                json.dumps({"team_id": info.team_id, "name": info.name})
-                if args.json
-                else f"team {info.team_id}: {info.name}"
-            )
-            return 0
-        teams = asyncio.run(kafka.list_teams(settings))
+        out = commands[args.teams_cmd](args, settings, time.time())
     except TeamError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    now = time.time()
-    if args.json:
-        print(json.dumps([t.as_json(now) for t in teams]))
-    else:
-        rows = [(t.team_id, t.name, k.api_key, k.state(now), k.created_at) for t in teams for k in reversed(t.keys)]
-        _print_table(["team_id", "name", "api_key", "state", "created_at"], rows)
+    if out is not None:
+        print(out)
     return 0
 
 

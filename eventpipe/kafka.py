@@ -29,6 +29,7 @@ from eventpipe.teams import (
     name_record,
     new_api_key,
     project_key_error,
+    team_name_error,
 )
 
 log = logging.getLogger(__name__)
@@ -336,6 +337,8 @@ async def _registry_writer(settings: Settings) -> AsyncIterator[tuple[Registry, 
 async def create_team(settings: Settings, name: str, api_key: str | None = None, attempts: int = 10) -> Team:
     """Append a new team, with ``api_key`` (an existing PostHog project key, kept) or a fresh one;
     retries on a lost team-id race (see eventpipe.teams). TeamError for a key that can't be kept."""
+    if why := team_name_error(name):
+        raise TeamError(why)
     if api_key is not None and (why := project_key_error(api_key)):
         raise TeamError(f"--api-key {api_key!r}: {why}")
     async with _registry_writer(settings) as (registry, write):
@@ -387,6 +390,8 @@ async def revoke_key(settings: Settings, api_key: str, grace_s: float = 0) -> tu
 
 
 async def rename_team(settings: Settings, team_ref: str, name: str) -> TeamInfo:
+    if why := team_name_error(name):
+        raise TeamError(why)
     async with _registry_writer(settings) as (registry, write):
         team = registry.find(team_ref)
         await write(*name_record(team.team_id, name))

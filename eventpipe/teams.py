@@ -84,15 +84,32 @@ def api_key_shape_error(key: object) -> str | None:
     return None
 
 
+# PostHog's secrets (personal, project secret, OAuth access and refresh keys): never given to SDKs.
+_SECRET_PREFIXES = {PERSONAL_KEY_PREFIX: "a personal api key", "phs_": "a secret api key", "pha_": "an OAuth token"}
+_SECRET_PREFIXES["phr_"] = _SECRET_PREFIXES["pha_"]
+
+
 def project_key_error(key: str) -> str | None:
     """Why ``key`` can't be kept as a team's project api key (None when it can), in words for the CLI."""
-    if key.startswith(PERSONAL_KEY_PREFIX):
+    if (what := _SECRET_PREFIXES.get(key[:4])) is not None:
         return (
-            "that is a personal api key (phx_…), a secret for PostHog's private API; "
+            f"that is {what} ({key[:4]}…), a secret for PostHog's private API; "
             "give the project api key (phc_…) the SDKs send"
         )
     if not _PROJECT_KEY_SHAPE.fullmatch(key):
         return "a project api key is phc_ followed by 20 to 60 letters, digits, '-' or '_'"
+    return None
+
+
+MAX_NAME_CHARS = 200  # PostHog's bound on a project's name
+
+
+def team_name_error(name: str) -> str | None:
+    """Why ``name`` can't name a team (None when it can)."""
+    if not name.strip():
+        return "a team name can't be empty"
+    if len(name) > MAX_NAME_CHARS:
+        return f"a team name has at most {MAX_NAME_CHARS} characters"
     return None
 
 

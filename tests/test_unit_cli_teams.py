@@ -65,3 +65,16 @@ def test_create_refuses_a_key_of_the_wrong_shape_before_any_kafka(
     assert cli.main(["teams", "create", "--name", "web", "--api-key", key]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: --api-key") and says in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["create", "--name", " "], "a team name can't be empty"),
+        (["create", "--name", "x" * 201], "a team name has at most 200 characters"),
+        (["rename", "3", ""], "a team name can't be empty"),
+    ],
+)
+def test_a_team_name_must_be_something(argv: list[str], says: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["teams", *argv]) == 1
+    assert capsys.readouterr().err == f"error: {says}\n"

@@ -276,7 +276,10 @@ def test_project_keys_that_can_be_kept(key: str) -> None:
 @pytest.mark.parametrize(
     ("key", "says"),
     [
-        ("phx_" + "a" * 43, "personal api key"),
+        ("phx_" + "a" * 43, "personal api key (phx_…)"),
+        ("phs_" + "a" * 43, "secret api key (phs_…)"),
+        ("pha_" + "a" * 43, "OAuth token (pha_…)"),
+        ("phr_" + "a" * 43, "OAuth token (phr_…)"),
         ("phc_short", "phc_ followed by"),
         ("phc_" + "a" * 61, "phc_ followed by"),
         ("abc" + "a" * 43, "phc_ followed by"),
