@@ -248,12 +248,12 @@ class Stack:
         for log in self.logs:
             print(f"==== {log.name}\n{log.read_text(errors='replace')[-4000:]}", file=sys.stderr)
 
-    def create_team(self, name: str = "test") -> str:
-        return self.team(name).api_key
+    def create_team(self, name: str = "test", api_key: str | None = None) -> str:
+        return self.team(name, api_key).api_key
 
-    def team(self, name: str = "test") -> Team:
-        """A new team (its id and api key)."""
-        return asyncio.run(create_team(self.settings, name))
+    def team(self, name: str = "test", api_key: str | None = None) -> Team:
+        """A new team (its id and api key): with ``api_key`` (a PostHog project key, kept) or a fresh key."""
+        return asyncio.run(create_team(self.settings, name, api_key))
 
     def post(
         self,

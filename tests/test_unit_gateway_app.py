@@ -102,3 +102,13 @@ def test_accepted_answer_and_cors_headers() -> None:
     assert headers["Access-Control-Allow-Origin"] == "https://a.example"
     assert headers["Access-Control-Allow-Credentials"] == "true"
     assert headers["Content-Type"] == "application/json; charset=utf-8"
+
+
+def test_a_personal_key_is_refused_in_the_body_and_in_the_query() -> None:
+    producer = FakeProducer(ack=True)
+    personal = "phx_" + "a" * 43
+    status, body = asyncio.run(_post(producer, {**EVENT, "api_key": personal}))
+    assert status == 401 and body["code"] == "personal_api_key"
+    status, body = asyncio.run(_post(producer, EVENT, f"/capture/?api_key={personal}"))  # checked before the body
+    assert status == 401 and body["code"] == "personal_api_key" and "project API key (phc_" in body["detail"]
+    assert producer.sent == []
