@@ -60,8 +60,9 @@ API_KEY_PREFIX = "phc_"
 PERSONAL_KEY_PREFIX = "phx_"  # PostHog's personal (secret) api keys: never a project key
 _API_KEY_SHAPE = re.compile(r"[\x21-\x7e]{1,64}")  # printable ASCII, no spaces, at most 64 chars
 # A project key given to `teams create --api-key`: PostHog's shape (phc_ and url-safe characters, 43 of
-# them in the keys PostHog mints), at least 20 after the prefix so a kept key is not guessable.
-_PROJECT_KEY_SHAPE = re.compile(r"phc_[A-Za-z0-9_-]{20,60}")
+# them in the keys PostHog mints), at least 20 after the prefix so a kept key is not guessable; or a
+# project key from before PostHog added the prefix (a bare token_urlsafe(32), 43 chars): 32 to 64 of them.
+_PROJECT_KEY_SHAPE = re.compile(r"phc_[A-Za-z0-9_-]{20,60}|[A-Za-z0-9_-]{32,64}")
 
 
 class TeamError(ValueError):
@@ -97,7 +98,10 @@ def project_key_error(key: str) -> str | None:
             "give the project api key (phc_…) the SDKs send"
         )
     if not _PROJECT_KEY_SHAPE.fullmatch(key):
-        return "a project api key is phc_ followed by 20 to 60 letters, digits, '-' or '_'"
+        return (
+            "a project api key is phc_ followed by 20 to 60 letters, digits, '-' or '_' "
+            "(or, from before PostHog's phc_ prefix, 32 to 64 of them)"
+        )
     return None
 
 

@@ -57,7 +57,7 @@ def test_missing_arguments_are_usage_errors(argv: list[str]) -> None:
 
 @pytest.mark.parametrize(
     ("key", "says"),
-    [("phx_" + "a" * 43, "personal api key"), ("phc_short", "phc_ followed by 20 to 60"), ("x" * 47, "phc_ followed")],
+    [("phx_" + "a" * 43, "personal api key"), ("phc_short", "phc_ followed by 20 to 60"), ("x" * 31, "phc_ followed")],
 )
 def test_create_refuses_a_key_of_the_wrong_shape_before_any_kafka(
     key: str, says: str, capsys: pytest.CaptureFixture[str]

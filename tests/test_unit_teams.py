@@ -268,7 +268,10 @@ def test_teams_are_sorted_by_id() -> None:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("key", ["phc_" + "a" * 43, "phc_" + "A1-_" * 5, "phc_" + "z" * 60, new_api_key()])
+LEGACY_KEY = "Ab3_-" * 8 + "xyz"  # a project key from before PostHog's phc_ prefix
+
+
+@pytest.mark.parametrize("key", ["phc_" + "a" * 43, "phc_" + "A1-_" * 5, "phc_" + "z" * 60, new_api_key(), LEGACY_KEY])
 def test_project_keys_that_can_be_kept(key: str) -> None:
     assert project_key_error(key) is None
 
@@ -282,7 +285,8 @@ def test_project_keys_that_can_be_kept(key: str) -> None:
         ("phr_" + "a" * 43, "OAuth token (phr_…)"),
         ("phc_short", "phc_ followed by"),
         ("phc_" + "a" * 61, "phc_ followed by"),
-        ("abc" + "a" * 43, "phc_ followed by"),
+        ("a" * 31, "phc_ followed by"),
+        ("a" * 65, "phc_ followed by"),
         ("phc_" + "a" * 42 + "!", "phc_ followed by"),
         ("phc_" + "a" * 42 + "\n", "phc_ followed by"),
         ("", "phc_ followed by"),
