@@ -181,13 +181,17 @@ def route_limits(settings: Settings, route: str) -> tuple[int, Limits]:
 async def check_key(app: web.Application, token: object) -> int:
     """The team of an api key; 401 for a key of the wrong shape or one no team has."""
     reason = api_key_shape_error(token)
+    if reason == "personal_api_key":
+        raise unauthorized(reason, "Personal API keys (phx_…) can't send events: use your project API key (phc_…).")
     if reason:
         raise unauthorized(reason, "Project API key invalid.")
+    # The registry judges the key by the clock now: revoked keys and keys past their grace are refused.
     team_id = await app[REGISTRY].resolve(str(token))
     if team_id is None:
         raise unauthorized(
             "invalid_api_key",
-            "Project API key invalid. You can find your project API key with `eventpipe teams list`.",
+            "Project API key invalid (unknown, revoked, or past its grace after a rotation). "
+            "You can find your project API key with `eventpipe teams list`.",
         )
     return team_id
 

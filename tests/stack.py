@@ -154,6 +154,17 @@ class Stack:
             raise
         return self
 
+    def __enter__(self) -> Stack:
+        """``with Stack(...) as s``: started, and closed whatever happens (a failed start too)."""
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
     async def _members(self, group: str) -> int:
         """Members of a consumer group once it is Stable (0 while it rebalances)."""
         admin = AIOKafkaAdminClient(bootstrap_servers=self.kafka)
@@ -237,12 +248,12 @@ class Stack:
         for log in self.logs:
             print(f"==== {log.name}\n{log.read_text(errors='replace')[-4000:]}", file=sys.stderr)
 
-    def create_team(self, name: str = "test") -> str:
-        return self.team(name).api_key
+    def create_team(self, name: str = "test", api_key: str | None = None) -> str:
+        return self.team(name, api_key).api_key
 
-    def team(self, name: str = "test") -> Team:
-        """A new team (its id and api key)."""
-        return asyncio.run(create_team(self.settings, name))
+    def team(self, name: str = "test", api_key: str | None = None) -> Team:
+        """A new team (its id and api key): with ``api_key`` (a PostHog project key, kept) or a fresh key."""
+        return asyncio.run(create_team(self.settings, name, api_key))
 
     def post(
         self,
