@@ -11,32 +11,91 @@ from typing import Any
 from clickhouse.squash import BATCH_ROWS, DEFAULT_MIN_AGE_S
 from eventpipe import config
 
+DEFAULT_ROTATION_GRACE = "24h"  # long enough to roll a new key out to every app, short for a leaked one
 
-def _cmd_teams(args: argparse.Namespace, settings: config.Settings) -> int:
-    from eventpipe.kafka import TeamError, create_team, list_teams
 
-    if args.teams_cmd == "create":
-        try:
-            team = asyncio.run(create_team(settings, args.name, args.api_key))
-        except TeamError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        if args.json:
-            print(json.dumps({"team_id": team.team_id, "api_key": team.api_key, "name": team.name}))
-        else:
-            print(f"team_id: {team.team_id}\nname:    {team.name}\napi_key: {team.api_key}")
-        return 0
+def _grace(text: str) -> float:
+    from eventpipe.durations import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _teams_create(args: argparse.Namespace, settings: config.Settings, now: float) -> str:
+    from eventpipe.kafka import create_team
+
+    team = asyncio.run(create_team(settings, args.name, args.api_key))
+    if args.json:
+        return json.dumps({"team_id": team.team_id, "api_key": team.api_key, "name": team.name})
+    return f"team_id: {team.team_id}\nname:    {team.name}\napi_key: {team.api_key}"
+
+
+def _teams_rotate(args: argparse.Namespace, settings: config.Settings, now: float) -> str:
+    from eventpipe.kafka import rotate_key
+
+    info, new = asyncio.run(rotate_key(settings, args.team, args.grace))
+    if args.json:
+        return json.dumps({**info.as_json(now), "api_key": new.api_key})
+    old = [f"         {k.api_key} {k.state(now)}" for k in info.keys if k.api_key != new.api_key]
+    return "\n".join([f"team_id: {info.team_id}", f"name:    {info.name}", f"api_key: {new.api_key} (new)", *old])
+
+
+def _teams_revoke(args: argparse.Namespace, settings: config.Settings, now: float) -> str:
+    from eventpipe.kafka import revoke_key
+
+    info, key, changed = asyncio.run(revoke_key(settings, args.api_key, args.grace))
+    if not info.valid_keys(now):
+        print(
+            f"note: team {info.team_id} has no valid key left; `eventpipe teams rotate-key {info.team_id}` issues one",
+            file=sys.stderr,
+        )
+    if args.json:
+        return json.dumps({"team_id": info.team_id, "name": info.name, "changed": changed, **key.as_json(now)})
+    unchanged = "" if changed else " (unchanged)"
+    return f"{key.api_key} (team {info.team_id} {info.name}): {key.state(now)}{unchanged}"
+
+
+def _teams_rename(args: argparse.Namespace, settings: config.Settings, now: float) -> str:
+    from eventpipe.kafka import rename_team
+
+    info = asyncio.run(rename_team(settings, args.team, args.name))
+    if args.json:
+        return json.dumps({"team_id": info.team_id, "name": info.name})
+    return f"team {info.team_id}: {info.name}"
+
+
+def _teams_list(args: argparse.Namespace, settings: config.Settings, now: float) -> str | None:
+    from eventpipe.kafka import list_teams
+
     teams = asyncio.run(list_teams(settings))
     if args.json:
-        print(
-            json.dumps(
-                [{"team_id": t.team_id, "name": t.name, "api_key": t.api_key, "revoked": t.revoked} for t in teams]
-            )
-        )
-    else:
-        _print_table(
-            ["team_id", "name", "api_key", "created_at"], [(t.team_id, t.name, t.api_key, t.created_at) for t in teams]
-        )
+        return json.dumps([t.as_json(now) for t in teams])
+    rows = [(t.team_id, t.name, k.api_key, k.state(now), k.created_at) for t in teams for k in reversed(t.keys)]
+    _print_table(["team_id", "name", "api_key", "state", "created_at"], rows)
+    return None
+
+
+def _cmd_teams(args: argparse.Namespace, settings: config.Settings) -> int:
+    import time
+
+    from eventpipe.teams import TeamError
+
+    commands = {
+        "create": _teams_create,
+        "rotate-key": _teams_rotate,
+        "revoke-key": _teams_revoke,
+        "rename": _teams_rename,
+        "list": _teams_list,
+    }
+    try:
+        out = commands[args.teams_cmd](args, settings, time.time())
+    except TeamError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if out is not None:
+        print(out)
     return 0
 
 
@@ -159,16 +218,37 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("gateway", help="run the HTTP capture gateway")
     sub.add_parser("processors", aliases=["processor"], help="run a processor worker (Faust)")
     sub.add_parser("sink", help="run the ClickHouse sink")
-    teams = sub.add_parser("teams", help="create or list teams")
+    teams = sub.add_parser("teams", help="create, list and rename teams; rotate and revoke their api keys")
     tsub = teams.add_subparsers(dest="teams_cmd", required=True)
     create = tsub.add_parser("create", help="create a team and print its api key")
     create.add_argument("--name", required=True)
     create.add_argument(
         "--api-key", metavar="phc_…", help="keep this existing PostHog project api key (default: mint a new one)"
     )
-    create.add_argument("--json", action="store_true")
-    lst = tsub.add_parser("list", help="list teams")
-    lst.add_argument("--json", action="store_true")
+    lst = tsub.add_parser("list", help="list teams, with the state of each of their keys")
+    rotate = tsub.add_parser("rotate-key", help="issue a new api key; the team's other keys end after a grace")
+    rotate.add_argument("team", metavar="TEAM", help="team id or (unique) name")
+    rotate.add_argument(
+        "--grace",
+        type=_grace,
+        default=DEFAULT_ROTATION_GRACE,  # argparse converts a string default with type
+        metavar="DURATION",
+        help=f"how long the old keys stay valid: 30s, 15m, 24h, 7d; 0: revoked now (default {DEFAULT_ROTATION_GRACE})",
+    )
+    revoke = tsub.add_parser("revoke-key", help="revoke an api key, now or after a grace")
+    revoke.add_argument("api_key", metavar="KEY")
+    revoke.add_argument(
+        "--grace",
+        type=_grace,
+        default=0.0,
+        metavar="DURATION",
+        help="keep the key valid this long first (default 0: now)",
+    )
+    rename = tsub.add_parser("rename", help="rename a team")
+    rename.add_argument("team", metavar="TEAM", help="team id or (unique) name")
+    rename.add_argument("name", metavar="NAME")
+    for cmd in (create, lst, rotate, revoke, rename):
+        cmd.add_argument("--json", action="store_true")
     sql = sub.add_parser("sql", help="run one read-only SQL query (ClickHouse enforces readonly=1 and limits)")
     sql.add_argument("query")
     sql.add_argument("--format", choices=["table", "json", "tsv"])

@@ -7,7 +7,7 @@ import concurrent.futures
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -17,7 +17,20 @@ from aiokafka.partitioner import DefaultPartitioner, murmur2
 
 from eventpipe.config import Settings
 from eventpipe.contract import Topics, now_ts
-from eventpipe.teams import Registry, Team, new_api_key, project_key_error
+from eventpipe.teams import (
+    Key,
+    Registry,
+    Team,
+    TeamError,
+    TeamInfo,
+    claim_record,
+    ending,
+    key_record,
+    name_record,
+    new_api_key,
+    project_key_error,
+    team_name_error,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -278,14 +291,16 @@ class RegistryReader:
                 await asyncio.wait_for(self._advanced.wait(), left)
 
     def team_id(self, api_key: str) -> int | None:
+        """The dict read of the hot path (gateway.prepare's ``team_of``): a valid key's team, else None."""
         return self.registry.team_id(api_key)
 
     async def resolve(self, api_key: str) -> int | None:
-        """Team id for ``api_key``; on a miss, catch up with the topic once before answering None."""
+        """Team id for ``api_key``; for a key no team holds, catch up with the topic once before answering
+        None (a key revoked or past its grace is known: None at once, decided by the clock)."""
         if not self._ready.is_set():
             await self._ready.wait()
         team_id = self.registry.team_id(api_key)
-        if team_id is None:
+        if team_id is None and not self.registry.holds(api_key):
             try:
                 await self.catch_up()
             except (TimeoutError, KafkaError):
@@ -294,39 +309,98 @@ class RegistryReader:
         return team_id
 
 
-class TeamError(ValueError):
-    """A registry change refused (a key of the wrong shape or held already, an unknown team or key)."""
+Write = Callable[[str, bytes | None], Awaitable[None]]
 
 
-async def create_team(settings: Settings, name: str, api_key: str | None = None, attempts: int = 10) -> Team:
-    """Append a new team, with ``api_key`` (an existing PostHog project key, kept) or a fresh one;
-    retries on a lost team-id race (see eventpipe.teams). TeamError for a key that can't be kept."""
-    if api_key is not None and (why := project_key_error(api_key)):
-        raise TeamError(f"--api-key {api_key!r}: {why}")
+@contextlib.asynccontextmanager
+async def _registry_writer(settings: Settings) -> AsyncIterator[tuple[Registry, Write]]:
+    """A caught-up registry and ``write(kafka_key, value)``, which appends a record (None: a tombstone)
+    and waits until the registry has folded it, so the caller sees its own write and whether it won."""
     await ensure_topics(settings)
     topic = topics_for(settings).teams
     reader = RegistryReader(settings)
     prod = producer(settings)
     await reader.start()
     await prod.start()
+
+    async def write(kafka_key: str, value: bytes | None) -> None:
+        await prod.send_and_wait(topic, value, key=kafka_key.encode())
+        await reader.catch_up(timeout_s=30)
+
     try:
-        for _ in range(attempts):
-            if api_key is not None and reader.registry.holds(api_key):
-                raise TeamError(f"api key {api_key} belongs to a team already (see `eventpipe teams list`)")
-            team = Team(reader.registry.next_team_id(), name, api_key or new_api_key(), now_ts())
-            await prod.send_and_wait(topic, team.to_json(), key=team.api_key.encode())
-            await reader.catch_up(timeout_s=30)
-            if reader.registry.owns(team):
-                return team
-            # Another writer took this id first: withdraw our claim and try the next id.
-            await prod.send_and_wait(topic, None, key=team.api_key.encode())
-        raise RuntimeError(f"could not allocate a team id after {attempts} attempts")
+        yield reader.registry, write
     finally:
         await prod.stop()
         await reader.stop()
 
 
-async def list_teams(settings: Settings) -> list[Team]:
+async def create_team(settings: Settings, name: str, api_key: str | None = None, attempts: int = 10) -> Team:
+    """Append a new team, with ``api_key`` (an existing PostHog project key, kept) or a fresh one;
+    retries on a lost team-id race (see eventpipe.teams). TeamError for a key that can't be kept."""
+    if why := team_name_error(name):
+        raise TeamError(why)
+    if api_key is not None and (why := project_key_error(api_key)):
+        raise TeamError(f"--api-key {api_key!r}: {why}")
+    async with _registry_writer(settings) as (registry, write):
+        for _ in range(attempts):
+            key = api_key or new_api_key()
+            if registry.holds(key):
+                raise TeamError(f"api key {key} belongs to a team already (see `eventpipe teams list`)")
+            team = Team(registry.next_team_id(), name, key, now_ts())
+            claim, value = claim_record(team.team_id, name, key, team.created_at)
+            await write(claim, value)
+            if registry.accepted(claim):
+                return team
+            await write(claim, None)  # lost the id (or the key) to an earlier claim: withdraw, look again
+        raise RuntimeError(f"could not allocate a team id after {attempts} attempts")
+
+
+async def rotate_key(settings: Settings, team_ref: str, grace_s: float) -> tuple[TeamInfo, Key]:
+    """A new key for the team ``team_ref`` names; its other keys stay valid ``grace_s`` more seconds
+    (0: revoked now). The new key is written first, so the team is never without a valid key."""
+    async with _registry_writer(settings) as (registry, write):
+        team = registry.find(team_ref)
+        kafka_key, value = key_record(team.team_id, new_api_key(), now_ts())
+        await write(kafka_key, value)
+        new = registry.key_of(kafka_key)
+        if new is None:  # 256 random bits held already, or the team vanished: neither can happen
+            raise RuntimeError(f"the new key of team {team.team_id} was not accepted")
+        now = time.time()
+        for old in team.keys:
+            if (record := ending(old, grace_s, now, now_ts())) is not None:
+                await write(*record)
+        after = registry.team(team.team_id)
+        assert after is not None
+        return after, new
+
+
+async def revoke_key(settings: Settings, api_key: str, grace_s: float = 0) -> tuple[TeamInfo, Key, bool]:
+    """End ``api_key`` now or after ``grace_s`` seconds: (its team, the key, whether anything changed).
+    Never extends a key that ends sooner; TeamError for a key no team holds."""
+    async with _registry_writer(settings) as (registry, write):
+        key = registry.key(api_key)
+        if key is None:
+            raise TeamError(f"no team holds the api key {api_key!r} (see `eventpipe teams list`)")
+        record = ending(key, grace_s, time.time(), now_ts())
+        if record is not None:
+            await write(*record)
+        team, after = registry.team(key.team_id), registry.key(api_key)
+        assert team is not None and after is not None
+        return team, after, record is not None
+
+
+async def rename_team(settings: Settings, team_ref: str, name: str) -> TeamInfo:
+    if why := team_name_error(name):
+        raise TeamError(why)
+    async with _registry_writer(settings) as (registry, write):
+        team = registry.find(team_ref)
+        await write(*name_record(team.team_id, name))
+        after = registry.team(team.team_id)
+        assert after is not None
+        return after
+
+
+async def list_teams(settings: Settings) -> list[TeamInfo]:
     await ensure_topics(settings)
     reader = RegistryReader(settings)
     await reader.start()

@@ -24,9 +24,9 @@ from gateway import server
 from gateway.batcher import Batcher
 from gateway.client_ip import client_ip, parse_networks
 from gateway.deadlines import Deadlines
-from gateway.decode import is_form, parse_form
+from gateway.decode import request_form
 from gateway.errors import CaptureError, invalid, timed_out, too_large, unauthorized, unavailable
-from gateway.events import RequestContext
+from gateway.events import RequestContext, outside_token
 from gateway.openapi import CAPTURE_ROUTES, build_spec
 from gateway.pool import DecodePool
 from gateway.prepare import Escalate, Limits, Message, Prepared, prepare, prepare_inline
@@ -152,12 +152,6 @@ async def read_body(request: web.Request, limit: int, hold: server.Hold, timeout
     return b"".join(chunks)
 
 
-def transport_hint(content_encoding: str) -> str:
-    # aiohttp already inflated gzip/deflate/br bodies (bounded by read_body's limit); only other
-    # values are a hint for us.
-    return "" if content_encoding.strip().lower() in ("gzip", "x-gzip", "deflate", "br") else content_encoding
-
-
 def request_context(request: web.Request, route: str) -> RequestContext:
     query = request.query
     sent_at = parse_time(query.get("_")) if query.get("_") else None
@@ -168,7 +162,7 @@ def request_context(request: web.Request, route: str) -> RequestContext:
         ip=ip,
         site_url=f"{request.scheme}://{request.host}",
         route=route,
-        query_token=query.get("token") or query.get("api_key"),
+        query_token=query_key(request),
         query_sent_at=sent_at,
     )
 
@@ -187,29 +181,33 @@ def route_limits(settings: Settings, route: str) -> tuple[int, Limits]:
 async def check_key(app: web.Application, token: object) -> int:
     """The team of an api key; 401 for a key of the wrong shape or one no team has."""
     reason = api_key_shape_error(token)
+    if reason == "personal_api_key":
+        raise unauthorized(reason, "Personal API keys (phx_…) can't send events: use your project API key (phc_…).")
     if reason:
         raise unauthorized(reason, "Project API key invalid.")
+    # The registry judges the key by the clock now: revoked keys and keys past their grace are refused.
     team_id = await app[REGISTRY].resolve(str(token))
     if team_id is None:
         raise unauthorized(
             "invalid_api_key",
-            "Project API key invalid. You can find your project API key with `eventpipe teams list`.",
+            "Project API key invalid (unknown, revoked, or past its grace after a rotation). "
+            "You can find your project API key with `eventpipe teams list`.",
         )
     return team_id
 
 
-def outside_key(fields: object) -> object:
-    """A key sent beside the payload (query string or form field), checked before any inflating."""
-    if isinstance(fields, dict):  # parse_qs: name -> list of values
-        values = fields.get("token") or fields.get("api_key") or [None]
-        return values[0]
-    return fields.get("token") or fields.get("api_key")  # type: ignore[attr-defined]
+def query_key(request: web.Request) -> str | None:
+    """The api key of the query string: read on GET only, as PostHog's Django capture did (a POST's
+    query key is ignored, by it and by the Rust capture alike); 401 when ``token`` and ``api_key`` differ."""
+    return outside_token(request.query) if request.method == "GET" else None
 
 
 async def decode(request: web.Request, route: str, body: bytes, limits: Limits) -> Prepared:
     """Body -> messages: inline when small, else in a decode worker after any outside key is checked."""
     content_type = request.headers.get("Content-Type", "")
-    encoding = transport_hint(request.headers.get("Content-Encoding", ""))
+    # The server leaves bodies as sent (server.SERVER_KWARGS): decode_request inflates a gzip
+    # Content-Encoding by the body's bytes, so a header that lies costs nothing.
+    encoding = request.headers.get("Content-Encoding", "")
     ctx = request_context(request, route)
     # The registry's dict read names the team already when the key is known, so the messages are
     # encoded with it; the key is still checked (and the registry caught up) afterwards.
@@ -219,7 +217,7 @@ async def decode(request: web.Request, route: str, body: bytes, limits: Limits) 
             return prepare_inline(body, content_type, request.query, encoding, ctx, limits, team_of)
         except Escalate:
             pass
-        if is_form(content_type, body) and (token := outside_key(parse_form(body))) is not None:
+        if (token := outside_token(request_form(body, content_type, request.query))) is not None:
             await check_key(request.app, token)  # an unknown form key never reaches a worker
         query = dict(request.query)
         prepared: Prepared = await request.app[POOL].run(prepare, body, content_type, query, encoding, ctx, limits)
@@ -286,7 +284,7 @@ async def capture(request: web.Request) -> web.StreamResponse:
     settings = app[SETTINGS]
     try:
         body_limit, limits = app[LIMITS][route]
-        if (token := outside_key(request.query)) is not None:
+        if (token := query_key(request)) is not None:
             await check_key(app, token)  # before the body is even read
         with server.Hold(app[BUDGET]) as hold:
             body = await read_body(request, body_limit, hold, settings.body_timeout_s)

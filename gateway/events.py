@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid as uuidlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import chain, compress
@@ -48,8 +48,10 @@ class RequestContext:
     ip: str | None = None
     site_url: str = ""
     route: str = "capture"  # "engage" turns people updates into $identify
+    # Api keys sent beside the payload: a GET's query ``token`` / ``api_key``, a form's fields of that name.
     query_token: str | None = None
     query_sent_at: datetime | None = None
+    form_token: str | None = None
 
 
 _CONTAINERS = frozenset((dict, list))  # what a JSON parse nests; ujson and json make exactly these types
@@ -96,28 +98,71 @@ def split_batch(payload: Any) -> tuple[list[Any], dict[str, Any]]:
     raise invalid("invalid_payload", "Payload must be a JSON object or a list of events")
 
 
-def _token_of(event: dict[str, Any]) -> Any:
-    props = event.get("properties")
-    for name in ("api_key", "token", "$token"):
-        if event.get(name):
-            return event[name]
-    if isinstance(props, dict) and props.get("token"):
-        return props["token"]
-    return None
+def _multiple_tokens() -> CaptureError:
+    return unauthorized(
+        "multiple_tokens",
+        "The request carries several different project API keys: send each project's events in their own request.",
+    )
 
 
-def request_token(events: list[Any], top: dict[str, Any], query_token: str | None) -> str:
-    """The one api key of a request: batch top level wins, then per event, then the query string."""
-    token = top.get("api_key") or top.get("token")
-    if not token and len(events) == 1:  # one event (/capture/): no set of tokens to build
-        token = (_token_of(events[0]) if isinstance(events[0], dict) else None) or query_token
-        if token and not isinstance(token, str):
-            token = str(token)
-    elif not token:
-        tokens = {str(t) for e in events if isinstance(e, dict) and (t := _token_of(e))}
+def _one_token(*values: Any) -> str | None:
+    """The one api key among ``values`` (empty ones skipped); 401 when they name different keys."""
+    found: str | None = None
+    for value in values:
+        if value:
+            token = value if isinstance(value, str) else str(value)
+            if found is None:
+                found = token
+            elif token != found:
+                raise _multiple_tokens()
+    return found
+
+
+def _first(value: Any) -> Any:
+    return value[0] if isinstance(value, list) and value else value
+
+
+def outside_token(fields: Mapping[str, Any] | None) -> str | None:
+    """The api key sent beside the payload: query ``token`` / ``api_key`` (a GET's) or the form fields of
+    that name (``parse_qs`` lists: the first value); 401 when they differ."""
+    if not fields:
+        return None
+    return _one_token(_first(fields.get("api_key")), _first(fields.get("token")))
+
+
+def _event_token(event: dict[str, Any]) -> str | None:
+    """An event's own api key: ``token``, ``$token`` or ``api_key`` (one field to PostHog's Rust capture),
+    else ``properties.token`` when it is a string (posthog-js puts the key there; a server SDK's
+    event may carry a property of that name that means something else, so it never overrides)."""
+    token = _one_token(event.get("token"), event.get("$token"), event.get("api_key"))
+    if token is None:
+        props = event.get("properties")
+        if isinstance(props, dict) and isinstance(prop := props.get("token"), str) and prop:
+            token = prop
+    return token
+
+
+def request_token(events: list[Any], top: dict[str, Any], outside: str | None = None) -> str:
+    """The one api key of a request, as PostHog's capture finds it (docs/capture.md, "Fields").
+
+    The batch's ``api_key`` / ``token`` wins over its events' (which are then not compared); else every
+    event's own key (:func:`_event_token`) must be the same one. ``outside``: a key sent beside the
+    payload (a GET's query, a form field), used when the payload names none. Two different keys
+    anywhere they are compared are a 401: which project the events belong to would be a guess.
+    """
+    token = _one_token(top.get("api_key"), top.get("token")) if top else None
+    if token is None and len(events) == 1:  # one event (/capture/): no set of tokens to build
+        token = _event_token(events[0]) if isinstance(events[0], dict) else None
+    elif token is None:
+        tokens = {t for e in events if isinstance(e, dict) and (t := _event_token(e)) is not None}
         if len(tokens) > 1:
-            raise unauthorized("multiple_api_keys", "All events of one request must use the same API key.")
-        token = tokens.pop() if tokens else query_token
+            raise _multiple_tokens()
+        token = tokens.pop() if tokens else None
+    if outside is not None:
+        if token is None:
+            token = outside
+        elif token != outside:
+            raise _multiple_tokens()
     reason = api_key_shape_error(token)
     if reason == "missing_api_key":
         raise unauthorized(
@@ -349,7 +394,8 @@ def parse_fields(
         raise CaptureError(
             413, "validation_error", "payload_too_large", f"At most {MAX_BATCH_EVENTS} events per request."
         )
-    token = request_token(events, top, ctx.query_token)
+    outside = ctx.query_token if ctx.form_token is None else _one_token(ctx.query_token, ctx.form_token)
+    token = request_token(events, top, outside)
     team_id = team_of(token) if team_of is not None else None
     request = _Request(token, top, ctx, content, team_id)
     # One pass over every event's nesting; only when some event is too deep does each event get its own

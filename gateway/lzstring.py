@@ -19,8 +19,12 @@ class LZTooLarge(ValueError):
     pass
 
 
-def decompress_from_base64(text: str, limit: int) -> str:
-    """Decode; raises LZError on malformed input and LZTooLarge once the output exceeds ``limit`` chars."""
+def decompress_from_base64(text: str, limit: int, stop_at: int | None = None) -> str:
+    """Decode; raises LZError on malformed input and LZTooLarge once the output exceeds ``limit`` chars.
+
+    ``stop_at``: return the output as soon as it holds that many characters (what the first few input
+    characters decode to, for a cheap look at what a text would become without decoding all of it).
+    """
     if not text:
         raise LZError("empty input")
     try:
@@ -59,7 +63,7 @@ def decompress_from_base64(text: str, limit: int) -> str:
     dictionary.append(w)
     out = [w]
     size = len(w)
-    while True:
+    while stop_at is None or size < stop_at:
         if index > len(values):
             raise LZError("truncated input")
         code = bits(num_bits)
@@ -90,3 +94,4 @@ def decompress_from_base64(text: str, limit: int) -> str:
         if enlarge_in == 0:
             enlarge_in = 1 << num_bits
             num_bits += 1
+    return "".join(out)

@@ -63,7 +63,12 @@ def _capture_operation(route: str, method: str) -> dict[str, Any]:
         "operationId": f"capture_{route.replace('/', '_')}_{method}",
         "parameters": [
             {"name": "data", "in": "query", "schema": {"type": "string"}, "description": "payload (wins over body)"},
-            {"name": "compression", "in": "query", "schema": {"type": "string"}},
+            {
+                "name": "compression",
+                "in": "query",
+                "schema": {"type": "string"},
+                "description": "gzip-js, lz64 or base64: a hint only, the payload's bytes decide",
+            },
             {"name": "_", "in": "query", "schema": {"type": "string"}, "description": "sent_at, epoch s or ms"},
             {"name": "ver", "in": "query", "schema": {"type": "string"}},
             {"name": "beacon", "in": "query", "schema": {"type": "string"}},
@@ -88,6 +93,11 @@ def _capture_operation(route: str, method: str) -> dict[str, Any]:
             },
         },
     }
+    if method == "get":  # a POST's query key is ignored, as PostHog's capture ignores it
+        op["parameters"] += [
+            {"name": name, "in": "query", "schema": {"type": "string"}, "description": "project api key"}
+            for name in ("token", "api_key")
+        ]
     if method == "post":
         op["requestBody"] = {
             "content": {

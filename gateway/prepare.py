@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import ujson
 
 from eventpipe.contract import RawEvent
-from gateway.decode import check_json_bounds, json_bounds, loads, payload_bytes
+from gateway.decode import Payload, check_json_bounds, decode_request, json_bounds, loads
 from gateway.errors import CaptureError
 from gateway.events import RequestContext, parse_fields
 
@@ -138,6 +138,11 @@ def prepare_text(
     return Prepared(token, [encode_fields(e, max_bytes) for e in events], team_id)
 
 
+def _with_form_token(ctx: RequestContext, payload: Payload) -> RequestContext:
+    """The request's context with the key of its form fields, when it sent one beside the payload."""
+    return ctx if payload.form_token is None else replace(ctx, form_token=payload.form_token)
+
+
 def prepare(
     body: bytes,
     content_type: str,
@@ -147,7 +152,8 @@ def prepare(
     limits: Limits,
 ) -> Prepared:
     """The whole decode of one request (what a decode worker runs)."""
-    return prepare_text(payload_bytes(body, content_type, query, content_encoding, limits.inflated_bytes), ctx, limits)
+    payload = decode_request(body, content_type, query, content_encoding, limits.inflated_bytes)
+    return prepare_text(payload.text, _with_form_token(ctx, payload), limits)
 
 
 def prepare_inline(
@@ -167,7 +173,7 @@ def prepare_inline(
     if len(body) > INLINE_BYTES:
         raise Escalate
     try:
-        text = payload_bytes(
+        payload = decode_request(
             body,
             content_type,
             query,
@@ -179,7 +185,7 @@ def prepare_inline(
         if err.status == 413:
             raise Escalate from None  # the worker decides with the route's own limits
         raise
-    bounds = json_bounds(text)
+    bounds = json_bounds(payload.text)
     if bounds[0] > INLINE_VALUES:
         raise Escalate
-    return prepare_text(text, ctx, limits, bounds, team_of)
+    return prepare_text(payload.text, _with_form_token(ctx, payload), limits, bounds, team_of)

@@ -232,11 +232,15 @@ CONNECTIONS = web.AppKey("connections", Connections)
 # or refused slow clients would hold their connection slots.
 # An idle keep-alive connection is closed after 75 s (aiohttp's default is an hour), so idle clients
 # do not hold the connection cap's slots (nginx and most load balancers use 60-75 s too).
+# Bodies are read as sent, not inflated by aiohttp: the capture decode inflates a Content-Encoding:
+# gzip body when its bytes are gzip, within the inflate limit, and reads it as it is when the header
+# lies (aiohttp would refuse it).
 SERVER_KWARGS: dict[str, Any] = {
     "access_log": None,
     "handle_signals": False,
     "lingering_time": 2.0,
     "keepalive_timeout": 75.0,
+    "auto_decompress": False,
 }
 
 

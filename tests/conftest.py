@@ -46,11 +46,8 @@ def clickhouse_server() -> str:
 
 @pytest.fixture
 def stack(kafka: str, clickhouse_server: str, tmp_path: Path) -> Iterator[Stack]:
-    s = Stack(tmp_path)
-    try:
-        yield s.start()
-    finally:
-        s.close()
+    with Stack(tmp_path) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,7 @@ class Bomb:
     code: str | None = None  # the error code expected when refused
     stored: int = 0  # events produced when accepted
     tags: tuple[str, ...] = field(default=())
+    method: str = "POST"
 
 
 def gzip_stream(parts: Iterator[bytes]) -> bytes:
@@ -98,8 +99,12 @@ BOMBS: list[Bomb] = [
          lambda k: tiny_values_bomb(k, 15_000_000, b"0,"), (413,), "payload_too_large", tags=("measure",)),
     Bomb("gzip-spaces-256MB", "/batch/", TEXT,
          lambda k: gzip_stream(iter([b" " * (1 << 20)] * 256)), (413,), "payload_too_large", tags=("measure", "it")),
+    # A GET's query key is checked before the body is read; a POST's is ignored (as PostHog does).
     Bomb("gzip-query-key-unknown", f"/batch/?compression=gzip-js&token={UNKNOWN_KEY}", TEXT,
-         lambda k: tiny_values_bomb(UNKNOWN_KEY, 5_000_000), (401,), "invalid_api_key", tags=("measure", "it")),
+         lambda k: tiny_values_bomb(UNKNOWN_KEY, 5_000_000), (401,), "invalid_api_key", tags=("measure", "it"),
+         method="GET"),
+    Bomb("post-query-key-ignored", f"/batch/?token={UNKNOWN_KEY}", JSON, lambda k: batch(k, [event(0)]), (200,),
+         stored=1, tags=("it",)),
     Bomb("content-encoding-gzip-bomb", "/e/", {**JSON, "Content-Encoding": "gzip"},
          lambda k: tiny_values_bomb(k, 50_000_000), (413,), "payload_too_large", tags=("measure", "it")),
     Bomb("base64-gzip-bomb", "/e/?compression=base64", TEXT,
@@ -110,6 +115,15 @@ BOMBS: list[Bomb] = [
     Bomb("form-key-unknown-gzip", "/e/", FORM,
          lambda k: _form(base64.b64encode(tiny_values_bomb(UNKNOWN_KEY, 5_000_000)), api_key=UNKNOWN_KEY),
          (401,), "invalid_api_key", tags=("measure",)),
+    # -- bombs behind a lying hint: the bytes are recognised, and the same limits stop them
+    Bomb("gzip-bomb-under-lz64-hint", "/e/?compression=lz64", TEXT,
+         lambda k: tiny_values_bomb(k, 50_000_000), (413,), "payload_too_large", tags=("measure", "it")),
+    Bomb("form-base64-gzip-bomb-under-json-type", "/e/", JSON,
+         lambda k: _form(base64.b64encode(tiny_values_bomb(k, 50_000_000)), compression="lz64"), (413,),
+         "payload_too_large", tags=("measure",)),
+    Bomb("lz64-bomb-under-gzip-hint", "/e/?compression=gzip-js", TEXT,
+         lambda k: LZString().compressToBase64('{"a": "' + "x" * 2_100_000 + '"}').encode(),
+         (413,), "payload_too_large", tags=("measure",)),
     Bomb("lz64-bomb", "/e/?compression=lz64", FORM,
          lambda k: _form(LZString().compressToBase64('{"a": "' + "x" * 2_100_000 + '"}').encode()),
          (413,), "payload_too_large", tags=("measure",)),
@@ -159,9 +173,9 @@ def by_tag(tag: str) -> list[Bomb]:
     return [b for b in BOMBS if tag in b.tags]
 
 
-def measured_bombs(key: str = "phc_good") -> Iterator[tuple[str, str, bytes, dict[str, str]]]:
+def measured_bombs(key: str = "phc_good") -> Iterator[tuple[str, str, bytes, dict[str, str], str]]:
     for b in by_tag("measure"):
-        yield b.name, b.path, b.build(key), b.headers
+        yield b.name, b.path, b.build(key), b.headers, b.method
 
 
 def gzip_of(body: bytes) -> bytes:

@@ -66,8 +66,10 @@ def _child(root: str, port: int) -> None:
         web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 
 
-def _post(url: str, body: bytes, headers: dict[str, str], timeout: float = 120) -> tuple[int, bytes]:
-    req = urllib.request.Request(url, data=body, method="POST", headers=headers)
+def _post(
+    url: str, body: bytes, headers: dict[str, str], method: str = "POST", timeout: float = 120
+) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=body, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, r.read()
@@ -92,14 +94,16 @@ async def _probe(base: str, stop: asyncio.Event, latencies: list[float]) -> None
         writer.close()
 
 
-async def _measure(base: str, path: str, body: bytes, headers: dict[str, str], repeat: int) -> dict[str, Any]:
+async def _measure(
+    base: str, path: str, body: bytes, headers: dict[str, str], method: str, repeat: int
+) -> dict[str, Any]:
     latencies: list[float] = []
     stop = asyncio.Event()
     probe = asyncio.create_task(_probe(base, stop, latencies))
     await asyncio.sleep(0.1)
     started = time.perf_counter()
     answers = await asyncio.gather(
-        *(asyncio.to_thread(_post, base + path, body, headers) for _ in range(repeat))
+        *(asyncio.to_thread(_post, base + path, body, headers, method) for _ in range(repeat))
     )
     elapsed = time.perf_counter() - started
     stop.set()
@@ -142,10 +146,10 @@ def main() -> None:
         time.sleep(1.0)  # let decode workers start
         print(f"gateway {args.root}: start RSS {peak_rss_kib(proc.pid, missing_ok=True) / 1024:.0f} MB")
         only = set(filter(None, args.only.split(",")))
-        for name, path, body, headers in measured_bombs():
+        for name, path, body, headers, method in measured_bombs():
             if only and name not in only:
                 continue
-            r = asyncio.run(_measure(base, path, body, headers, args.repeat))
+            r = asyncio.run(_measure(base, path, body, headers, method, args.repeat))
             workers = [peak_rss_kib(c, missing_ok=True) for c in descendants(proc.pid)]
             print(
                 f"{name:28} {len(body) / 1024:8.0f} KB -> {r['status']} in {r['seconds'] * 1000:7.0f} ms; "

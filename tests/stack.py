@@ -154,6 +154,17 @@ class Stack:
             raise
         return self
 
+    def __enter__(self) -> Stack:
+        """``with Stack(...) as s``: started, and closed whatever happens (a failed start too)."""
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
     async def _members(self, group: str) -> int:
         """Members of a consumer group once it is Stable (0 while it rebalances)."""
         admin = AIOKafkaAdminClient(bootstrap_servers=self.kafka)

@@ -18,7 +18,7 @@ import ujson
 from lzstring import LZString
 
 from gateway.openapi import CAPTURE_ROUTES
-from tests.stack import Stack
+from tests.stack import Stack, poll
 
 Request = tuple[str, dict[str, str], dict[str, str], bytes]  # method, query, headers, body
 Encoder = Callable[[str], Request]
@@ -29,6 +29,27 @@ FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 def b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
+
+# posthog-js 1.78's form base64 under ?compression=gzip-js, and the other lies of issue 13 item 2.
+LIES: dict[str, Encoder] = {
+    "gzip-js-query-on-form-base64": lambda t: (
+        "POST", {"compression": "gzip-js"}, FORM, urllib.parse.urlencode({"data": b64(t)}).encode()),
+    "gzip-js-field-on-form-base64": lambda t: (
+        "POST", {}, FORM, urllib.parse.urlencode({"data": b64(t), "compression": "gzip-js"}).encode()),
+    "lz64-on-json": lambda t: ("POST", {"compression": "lz64"}, {"Content-Type": "application/json"}, t.encode()),
+    "base64-on-lz64": lambda t: ("POST", {"compression": "base64"}, {"Content-Type": "text/plain"},
+                                 LZString().compressToBase64(t).encode()),
+    "lz64-without-hint": lambda t: ("POST", {}, {"Content-Type": "text/plain"},
+                                    LZString().compressToBase64(t).encode()),
+    "json-type-on-form": lambda t: ("POST", {}, {"Content-Type": "application/json"},
+                                    urllib.parse.urlencode({"data": b64(t)}).encode()),
+    "form-type-on-gzip": lambda t: ("POST", {}, FORM, gzip.compress(t.encode())),
+    "form-type-on-base64": lambda t: ("POST", {}, FORM, b64(t).encode()),
+    "content-encoding-gzip-on-json": lambda t: (
+        "POST", {}, {"Content-Encoding": "gzip", "Content-Type": "application/json"}, t.encode()),
+    "content-encoding-gzip-on-form": lambda t: ("POST", {}, {"Content-Encoding": "gzip", **FORM},
+                                                gzip.compress(urllib.parse.urlencode({"data": b64(t)}).encode())),
+}
 
 ENCODINGS: dict[str, Encoder] = {
     "json": lambda t: ("POST", {}, {"Content-Type": "application/json"}, t.encode()),
@@ -54,6 +75,8 @@ ENCODINGS: dict[str, Encoder] = {
     "lz-string-form-field": lambda t: ("POST", {}, FORM, urllib.parse.urlencode(
         {"data": LZString().compressToBase64(t), "compression": "lz64"}).encode()),
     "base64-query": lambda t: ("POST", {"compression": "base64"}, {"Content-Type": "text/plain"}, b64(t).encode()),
+    # Hints that lie (docs/capture.md, "Encodings"): the bytes decide.
+    **{f"lie-{name}": encode for name, encode in LIES.items()},
 }
 
 
@@ -145,9 +168,13 @@ ERRORS: list[tuple[str, str, bytes, dict[str, str], int, str]] = [
     ("unknown-key", "/capture/", b'{"api_key": "phc_unknown", "event": "e", "distinct_id": "d"}', {}, 401,
      "invalid_api_key"),
     ("two-keys", "/batch/", b'[{"api_key": "KEY", "event": "e", "distinct_id": "d"},'
-     b' {"api_key": "OTHER", "event": "e", "distinct_id": "d"}]', {}, 401, "multiple_api_keys"),
+     b' {"api_key": "OTHER", "event": "e", "distinct_id": "d"}]', {}, 401, "multiple_tokens"),
+    ("form-key-vs-payload-key", "/e/", b"api_key=KEY&data=" + base64.b64encode(
+        b'{"event": "e", "distinct_id": "d", "token": "OTHER"}').replace(b"=", b"%3D"), FORM, 401, "multiple_tokens"),
+    ("garbage-under-gzip-js", "/e/?compression=gzip-js", b"neither gzip nor json", {}, 400, "invalid_payload"),
+    ("form-base64-not-json", "/e/", b"data=" + base64.b64encode(b"not json at all"), FORM, 400, "invalid_payload"),
     ("body-too-large", "/capture/", b'{"pad": "' + b"x" * (2 * 1024 * 1024) + b'"}', {}, 413, "payload_too_large"),
-    ("content-encoding-lies", "/capture/", b'{"api_key": "KEY"}', {"Content-Encoding": "gzip"}, 400,
+    ("content-encoding-gzip-on-garbage", "/capture/", b"neither gzip nor json", {"Content-Encoding": "gzip"}, 400,
      "invalid_payload"),
     ("gzip-bomb", "/capture/", gzip.compress(b" " * (11 * 1024 * 1024)), {}, 413, "payload_too_large"),
 ]
@@ -174,3 +201,67 @@ def test_metrics_and_health(gateway: Stack) -> None:
     for name in ("eventpipe_gateway_requests_total", "eventpipe_gateway_events_total",
                  "eventpipe_gateway_errors_total", "eventpipe_gateway_produce_seconds_bucket"):
         assert name in text
+
+
+def _event(distinct_id: str, **extra: Any) -> dict[str, Any]:
+    return {"event": "stored-check", "distinct_id": distinct_id, "properties": {"n": 1}, **extra}
+
+
+def _form_b64(payload: Any, **fields: str) -> bytes:
+    return urllib.parse.urlencode({"data": b64(ujson.dumps(payload)), **fields}).encode()
+
+
+def test_lying_hints_and_key_precedence_are_stored_in_clickhouse(stack: Stack) -> None:
+    """Through the whole pipeline: each lying hint stored once, each key rule stored under the team it
+    names, and each refused request (several different keys) stored nowhere."""
+    a, b = stack.team("decode-a"), stack.team("decode-b")
+    cases: list[tuple[str, Request, int | None]] = []  # (distinct id, request, team it must be stored under)
+    for name, encode in LIES.items():
+        cases.append((f"lie-{name}", encode(ujson.dumps(_event(f"lie-{name}", api_key=a.api_key))), a.team_id))
+    json_type = {"Content-Type": "application/json"}
+
+    def body(payload: Any) -> bytes:
+        return ujson.dumps(payload).encode()
+
+    precedence: list[tuple[str, Callable[[str], Request], int | None]] = [
+        ("batch-key-wins-over-events", lambda d: ("POST", {}, json_type, body({"api_key": a.api_key, "batch": [
+            _event(d, token=b.api_key, properties={"token": b.api_key})]})), a.team_id),
+        ("event-field-over-properties", lambda d: ("POST", {}, json_type, body(
+            _event(d, api_key=b.api_key, properties={"token": a.api_key}))), b.team_id),
+        ("properties-token", lambda d: ("POST", {}, json_type, body(
+            [_event(d, properties={"token": b.api_key}), _event(d + "-2", token=b.api_key)])), b.team_id),
+        ("get-query-key-fills-in", lambda d: ("GET", {"token": a.api_key, "data": ujson.dumps(_event(d))}, {}, b""),
+         a.team_id),
+        ("post-query-key-is-ignored", lambda d: ("POST", {"token": a.api_key}, json_type, body(
+            _event(d, api_key=b.api_key))), b.team_id),
+        ("form-key-fills-in", lambda d: ("POST", {}, FORM, _form_b64([_event(d)], api_key=b.api_key)), b.team_id),
+        # several different keys: 401, nothing stored
+        ("events-differ", lambda d: ("POST", {}, json_type, body(
+            [_event(d, token=a.api_key), _event(d + "-2", token=b.api_key)])), None),
+        ("batch-api_key-vs-token", lambda d: ("POST", {}, json_type, body(
+            {"api_key": a.api_key, "token": b.api_key, "batch": [_event(d)]})), None),
+        ("get-query-key-vs-payload", lambda d: ("GET", {"token": a.api_key, "data": ujson.dumps(
+            _event(d, api_key=b.api_key))}, {}, b""), None),
+        ("form-key-vs-payload", lambda d: ("POST", {}, FORM, _form_b64(_event(d, token=b.api_key), api_key=a.api_key)),
+         None),
+    ]
+    for name, build, team in precedence:
+        cases.append((f"key-{name}", build(f"key-{name}"), team))
+
+    for distinct_id, req, team in cases:
+        status, answer = send(stack, "/e/", req)
+        if team is None:
+            assert (status, answer["code"]) == (401, "multiple_tokens"), (distinct_id, answer)
+        else:
+            assert (status, answer) == (200, {"status": 1}), (distinct_id, answer)
+    stored = {distinct_id: team for distinct_id, _req, team in cases if team is not None}
+    stored["key-properties-token-2"] = b.team_id
+
+    def rows() -> dict[str, list[int]] | None:
+        got: dict[str, list[int]] = {}
+        for r in stack.sql("SELECT distinct_id, team_id FROM events WHERE event = 'stored-check'"):
+            got.setdefault(r["distinct_id"], []).append(int(r["team_id"]))
+        return got if len(got) >= len(stored) else None
+
+    got = poll(rows, 60, what=f"{len(stored)} stored events")
+    assert got == {distinct_id: [team] for distinct_id, team in stored.items()}  # once each, under its team

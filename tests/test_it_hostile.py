@@ -41,7 +41,7 @@ def test_bombs_are_refused_or_stored_without_stalling(gateway: Stack, api_key: s
     answers: dict[str, tuple[int, Any]] = {}
     try:
         for bomb in hostile.by_tag("it"):
-            status, body = gateway.post(bomb.path, bomb.build(api_key), headers=bomb.headers)
+            status, body = gateway.post(bomb.path, bomb.build(api_key), headers=bomb.headers, method=bomb.method)
             answers[bomb.name] = (status, body)
             if status == 200:
                 expected += bomb.stored

@@ -26,11 +26,8 @@ PARTITIONS = 4
 
 @pytest.fixture(scope="module")
 def two_workers(kafka: str, clickhouse_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    s = Stack(Path(tmp_path_factory.mktemp("identity")), processors=2)
-    try:
-        yield s.start()
-    finally:
-        s.close()
+    with Stack(Path(tmp_path_factory.mktemp("identity")), processors=2) as s:
+        yield s
 
 
 def ids_on_distinct_partitions(team_id: int, tag: str) -> tuple[str, str, str]:

@@ -494,20 +494,15 @@ def poll_mismatches(stack: Stack, cases: list[Case], timeout: float) -> list[str
 
 @pytest.fixture(scope="module")
 def two_workers(kafka: str, clickhouse_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    s = Stack(Path(tmp_path_factory.mktemp("properties-2")), processors=2)
-    try:
-        yield s.start()
-    finally:
-        s.close()
+    with Stack(Path(tmp_path_factory.mktemp("properties-2")), processors=2) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")
 def three_workers(kafka: str, clickhouse_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    s = Stack(Path(tmp_path_factory.mktemp("properties-3")), processors=3, extra_env={"EVENTPIPE_PARTITIONS": "8"})
-    try:
-        yield s.start()
-    finally:
-        s.close()
+    home = Path(tmp_path_factory.mktemp("properties-3"))
+    with Stack(home, processors=3, extra_env={"EVENTPIPE_PARTITIONS": "8"}) as s:
+        yield s
 
 
 @pytest.mark.timeout(600)

@@ -26,11 +26,8 @@ from tests.stack import Stack, poll
 
 @pytest.fixture(scope="module")
 def sdk_stack(kafka: str, clickhouse_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    s = Stack(Path(tmp_path_factory.mktemp("sdks")))
-    try:
-        yield s.start()
-    finally:
-        s.close()
+    with Stack(Path(tmp_path_factory.mktemp("sdks"))) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from gateway.events import (
     MAX_DISTINCT_ID,
     MAX_EVENT_NAME,
     RequestContext,
+    outside_token,
     parse_events,
     split_batch,
 )
@@ -136,46 +137,88 @@ def test_too_many_events_is_413() -> None:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+MIXED = "multiple_tokens"
+# (payload, query key of a GET, form field key, expected: the key or the 401 code). PostHog's order
+# (docs/capture.md, "Fields"): the batch's api_key / token, else every event's own token / $token /
+# api_key, else its string properties.token; keys beside the payload fill in when it names none.
+PRECEDENCE: list[Any] = [
+    # batch level
+    pytest.param({"api_key": KEY, "batch": [ev()]}, None, None, KEY, id="batch-api_key"),
+    pytest.param({"token": KEY, "batch": [ev()]}, None, None, KEY, id="batch-token"),
+    pytest.param({"api_key": KEY, "token": KEY, "batch": [ev()]}, None, None, KEY, id="batch-both-same"),
+    pytest.param({"api_key": KEY, "token": OTHER, "batch": [ev()]}, None, None, MIXED, id="batch-both-differ"),
+    pytest.param({"api_key": KEY, "batch": [ev(api_key=OTHER), ev(token="phc_third")]}, None, None, KEY,
+                 id="batch-wins-over-its-events"),
+    pytest.param({"api_key": KEY, "batch": [ev(properties={"token": OTHER})]}, None, None, KEY,
+                 id="batch-wins-over-properties-token"),
+    pytest.param({"api_key": KEY, "data": [ev(), ev()]}, None, None, KEY, id="old-sdk-data"),
+    # one event
+    pytest.param(ev(token=KEY), None, None, KEY, id="token"),
+    pytest.param(ev(**{"$token": KEY}), None, None, KEY, id="$token"),
+    pytest.param(ev(api_key=KEY), None, None, KEY, id="api_key"),
+    pytest.param(ev(properties={"token": KEY}), None, None, KEY, id="properties.token"),
+    pytest.param(ev(token=KEY, api_key=KEY, **{"$token": KEY}), None, None, KEY, id="event-fields-same"),
+    pytest.param(ev(token=KEY, api_key=OTHER), None, None, MIXED, id="event-token-vs-api_key"),
+    pytest.param(ev(**{"$token": KEY}, api_key=OTHER), None, None, MIXED, id="event-$token-vs-api_key"),
+    pytest.param(ev(api_key=KEY, properties={"token": OTHER}), None, None, KEY, id="event-field-over-properties"),
+    pytest.param(ev(api_key="", token=KEY), None, None, KEY, id="empty-field-falls-through"),
+    pytest.param(ev(properties={"token": 12345}), None, None, "missing_api_key", id="properties-token-not-string"),
+    # several events
+    pytest.param([ev(api_key=KEY), ev(properties={"token": KEY}), ev(token=KEY)], None, None, KEY,
+                 id="same-key-many-places"),
+    pytest.param([ev(api_key=KEY), ev()], None, None, KEY, id="only-one-event-carries-it"),
+    pytest.param([ev(api_key=KEY), ev(api_key=OTHER)], None, None, MIXED, id="events-differ"),
+    pytest.param([ev(api_key=KEY), ev(token=OTHER)], None, None, MIXED, id="api_key-vs-token"),
+    pytest.param([ev(token=KEY), ev(properties={"token": OTHER})], None, None, MIXED, id="token-vs-properties"),
+    pytest.param({"batch": [ev(api_key=KEY), ev(**{"$token": OTHER})]}, None, None, MIXED,
+                 id="batch-without-top-key"),
+    # beside the payload: a GET's query, form fields
+    pytest.param([ev()], KEY, None, KEY, id="query-fills-in"),
+    pytest.param(ev(api_key=KEY), KEY, None, KEY, id="query-same-as-payload"),
+    pytest.param(ev(api_key=OTHER), KEY, None, MIXED, id="query-differs-from-event"),
+    pytest.param({"api_key": OTHER, "batch": [ev()]}, KEY, None, MIXED, id="query-differs-from-batch"),
+    pytest.param([ev()], None, KEY, KEY, id="form-fills-in"),
+    pytest.param(ev(properties={"token": KEY}), None, KEY, KEY, id="form-same-as-payload"),
+    pytest.param(ev(properties={"token": OTHER}), None, KEY, MIXED, id="form-differs-from-payload"),
+    pytest.param([ev()], KEY, KEY, KEY, id="query-and-form-same"),
+    pytest.param([ev()], KEY, OTHER, MIXED, id="query-and-form-differ"),
+    pytest.param(ev(), None, None, "missing_api_key", id="none-anywhere"),
+]
+
+
+@pytest.mark.parametrize(("payload", "query", "form", "expected"), PRECEDENCE)
+def test_token_precedence(payload: Any, query: str | None, form: str | None, expected: str) -> None:
+    ctx = RequestContext(now=NOW, query_token=query, form_token=form)
+    if expected.startswith("phc_"):
+        token, events = parse(payload, ctx)
+        assert token == expected
+        assert events and all(e.token == expected for e in events)
+    else:
+        err = refused(payload, ctx)
+        assert (err.status, err.type, err.code) == (401, "authentication_error", expected)
+        assert set(err.body()) == {"type", "code", "detail", "attr"}
+
+
 @pytest.mark.parametrize(
-    "payload",
+    ("fields", "expected"),
     [
-        pytest.param(ev(api_key=KEY), id="api_key"),
-        pytest.param(ev(token=KEY), id="token"),
-        pytest.param(ev(**{"$token": KEY}), id="$token"),
-        pytest.param(ev(properties={"token": KEY}), id="properties.token"),
-        pytest.param({"api_key": KEY, "batch": [ev()]}, id="batch-api_key"),
-        pytest.param({"token": KEY, "batch": [ev()]}, id="batch-token"),
-        pytest.param([ev(api_key=KEY), ev()], id="only-one-event-carries-it"),
-        pytest.param([ev(api_key=KEY), ev(properties={"token": KEY}), ev(token=KEY)], id="same-key-many-places"),
-        pytest.param({"api_key": KEY, "batch": [ev(api_key=OTHER), ev(token="phc_third")]}, id="batch-top-wins"),
-        pytest.param(ev(api_key=KEY, properties={"token": OTHER}), id="event-api_key-before-properties"),
-        pytest.param(ev(api_key="", token=KEY), id="empty-api_key-falls-through"),
+        pytest.param({}, None, id="none"),
+        pytest.param(None, None, id="no-form"),
+        pytest.param({"token": KEY}, KEY, id="query-token"),
+        pytest.param({"api_key": KEY}, KEY, id="query-api_key"),
+        pytest.param({"token": [KEY]}, KEY, id="form-token"),
+        pytest.param({"api_key": [KEY], "token": [KEY]}, KEY, id="both-same"),
+        pytest.param({"token": [""], "data": ["{}"]}, None, id="empty"),
+        pytest.param({"api_key": KEY, "token": OTHER}, MIXED, id="both-differ"),
     ],
 )
-def test_token_sources(payload: Any) -> None:
-    token, events = parse(payload)
-    assert token == KEY
-    assert all(e.token == KEY for e in events)
-
-
-def test_query_token_is_the_fallback() -> None:
-    ctx = RequestContext(now=NOW, query_token=KEY)
-    assert parse([ev()], ctx)[0] == KEY
-    assert parse(ev(api_key=OTHER), ctx)[0] == OTHER  # the body wins over the query string
-
-
-@pytest.mark.parametrize(
-    "payload",
-    [
-        pytest.param([ev(api_key=KEY), ev(api_key=OTHER)], id="api_key"),
-        pytest.param([ev(api_key=KEY), ev(token=OTHER)], id="api_key-vs-token"),
-        pytest.param([ev(token=KEY), ev(properties={"token": OTHER})], id="token-vs-properties"),
-        pytest.param({"batch": [ev(api_key=KEY), ev(**{"$token": OTHER})]}, id="batch-without-top-key"),
-    ],
-)
-def test_different_tokens_are_401(payload: Any) -> None:
-    err = refused(payload)
-    assert (err.status, err.type, err.code) == (401, "authentication_error", "multiple_api_keys")
+def test_outside_token(fields: Any, expected: str | None) -> None:
+    if expected == MIXED:
+        with pytest.raises(CaptureError) as info:
+            outside_token(fields)
+        assert (info.value.status, info.value.code) == (401, MIXED)
+    else:
+        assert outside_token(fields) == expected
 
 
 @pytest.mark.parametrize(

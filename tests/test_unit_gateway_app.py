@@ -24,14 +24,22 @@ class FakeRegistry:
 
 
 async def _post(
-    producer: FakeProducer, body: dict[str, Any], path: str = "/capture/", headers: dict[str, str] | None = None
+    producer: FakeProducer,
+    body: dict[str, Any],
+    path: str = "/capture/",
+    headers: dict[str, str] | None = None,
+    method: str = "POST",
 ) -> tuple[int, Any]:
-    status, _headers, payload = await _post_full(producer, body, path, headers)
+    status, _headers, payload = await _post_full(producer, body, path, headers, method)
     return status, payload
 
 
 async def _post_full(
-    producer: FakeProducer, body: dict[str, Any], path: str = "/capture/", headers: dict[str, str] | None = None
+    producer: FakeProducer,
+    body: dict[str, Any],
+    path: str = "/capture/",
+    headers: dict[str, str] | None = None,
+    method: str = "POST",
 ) -> tuple[int, dict[str, str], Any]:
     settings = replace(Settings(), produce_timeout_s=0.2)
     app = gw.build_app(settings)
@@ -40,7 +48,7 @@ async def _post_full(
     app[gw.PRODUCER] = producer  # type: ignore[misc]
     app[gw.REGISTRY] = FakeRegistry()  # type: ignore[misc]
     async with TestClient(TestServer(app)) as client:
-        resp = await client.post(path, json=body, headers=headers)
+        resp = await client.request(method, path, json=body, headers=headers)
         return resp.status, dict(resp.headers), await resp.json()
 
 
@@ -102,3 +110,16 @@ def test_accepted_answer_and_cors_headers() -> None:
     assert headers["Access-Control-Allow-Origin"] == "https://a.example"
     assert headers["Access-Control-Allow-Credentials"] == "true"
     assert headers["Content-Type"] == "application/json; charset=utf-8"
+
+
+def test_a_personal_key_is_refused_in_the_body_and_in_the_query() -> None:
+    producer = FakeProducer(ack=True)
+    personal = "phx_" + "a" * 43
+    status, body = asyncio.run(_post(producer, {**EVENT, "api_key": personal}))
+    assert status == 401 and body["code"] == "personal_api_key"
+    # A GET's query key is checked before the body; a POST's is not read at all (PostHog's captures ignore
+    # it), so the body's key decides.
+    status, body = asyncio.run(_post(producer, EVENT, f"/capture/?api_key={personal}", method="GET"))
+    assert status == 401 and body["code"] == "personal_api_key" and "project API key (phc_" in body["detail"]
+    assert producer.sent == []
+    assert asyncio.run(_post(producer, EVENT, f"/capture/?api_key={personal}")) == (200, {"status": 1})

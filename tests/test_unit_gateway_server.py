@@ -60,10 +60,10 @@ class Gateway:
             writer.close()
 
     async def post(
-        self, path: str, body: bytes, headers: dict[str, str] | None = None
+        self, path: str, body: bytes, headers: dict[str, str] | None = None, method: str = "POST"
     ) -> tuple[int, dict[str, str], Any]:
         head = "".join(f"{k}: {v}\r\n" for k, v in (headers or {"Content-Type": "application/json"}).items())
-        raw = f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {len(body)}\r\nConnection: close\r\n{head}\r\n"
+        raw = f"{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {len(body)}\r\nConnection: close\r\n{head}\r\n"
         status, resp_headers, payload = await self.request(raw.encode() + body)
         return status, resp_headers, ujson.loads(payload) if payload else None
 
@@ -181,12 +181,79 @@ def test_byte_budget_spent_gives_503_with_retry_after_and_is_given_back() -> Non
     asyncio.run(go())
 
 
-def test_query_key_is_refused_before_the_body_is_read() -> None:
+def test_query_key_of_a_get_is_refused_before_the_body_is_read() -> None:
     async def go() -> None:
         async with gateway() as g:
             # Over the body limit: a 413 would mean the body was looked at first.
-            status, _, body = await g.post(f"/e/?token={hostile.UNKNOWN_KEY}", b"x" * (3 * 1024 * 1024))
+            path = f"/e/?token={hostile.UNKNOWN_KEY}"
+            status, _, body = await g.post(path, b"x" * (3 * 1024 * 1024), method="GET")
             assert (status, body["code"]) == (401, "invalid_api_key")
+            assert g.registry.asked == [hostile.UNKNOWN_KEY]
+
+    asyncio.run(go())
+
+
+def test_query_key_of_a_post_is_ignored_like_posthog() -> None:
+    async def go() -> None:
+        async with gateway() as g:
+            status, _, body = await g.post(f"/e/?token={hostile.UNKNOWN_KEY}&api_key=phc_other", EVENT)
+            assert (status, body) == (200, {"status": 1})
+            assert hostile.UNKNOWN_KEY not in g.registry.asked
+
+    asyncio.run(go())
+
+
+FORM_B64 = b"data=" + base64.b64encode(EVENT).replace(b"+", b"%2B")
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "headers"),
+    [
+        pytest.param("/e/?compression=gzip-js", FORM_B64, hostile.FORM, id="gzip-js-hint-on-form-base64"),
+        pytest.param("/e/?compression=lz64", EVENT, hostile.JSON, id="lz64-hint-on-json"),
+        pytest.param("/e/", FORM_B64, hostile.JSON, id="json-type-on-form"),
+        pytest.param("/e/", gzip.compress(EVENT), hostile.TEXT, id="text-plain-on-gzip"),
+        pytest.param("/e/", EVENT, {**hostile.JSON, "Content-Encoding": "gzip"}, id="content-encoding-gzip-on-json"),
+        pytest.param("/e/", gzip.compress(EVENT), {**hostile.JSON, "Content-Encoding": "gzip"}, id="content-encoding"),
+        pytest.param("/e/", gzip.compress(FORM_B64), {**hostile.FORM, "Content-Encoding": "gzip"}, id="gzip-form"),
+        pytest.param("/e/", EVENT, {**hostile.JSON, "Content-Encoding": "br"}, id="content-encoding-br-on-json"),
+    ],
+)
+def test_lying_hints_are_accepted_through_the_server(path: str, body: bytes, headers: dict[str, str]) -> None:
+    async def go() -> None:
+        async with gateway() as g:
+            status, _, reply = await g.post(path, body, headers)
+            assert (status, reply) == (200, {"status": 1})
+            assert len(g.producer.sent) == 1
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "headers", "code"),
+    [
+        pytest.param("POST", "/batch/", b'[{"event": "e", "distinct_id": "d", "token": "phc_good"},'
+                     b' {"event": "e", "distinct_id": "d", "token": "phc_other"}]', hostile.JSON, "multiple_tokens",
+                     id="two-event-keys"),
+        pytest.param("GET", "/e/?token=phc_good", b'{"event": "e", "distinct_id": "d", "api_key": "phc_other"}',
+                     hostile.JSON, "multiple_tokens", id="get-query-key-vs-payload-key"),
+        pytest.param("POST", "/e/", b"api_key=phc_good&token=phc_other&data=e30%3D", hostile.FORM,
+                     "multiple_tokens", id="two-form-keys"),
+        pytest.param("POST", "/e/", b"\x1f\x8b\x08 not gzip", hostile.TEXT, "invalid_payload", id="bad-gzip"),
+        pytest.param("POST", "/e/?compression=lz64", b"@@@ not anything @@@", hostile.JSON, "invalid_payload",
+                     id="garbage-lz64-hint"),
+        pytest.param("POST", "/e/", b"data=bm90IGpzb24%3D", hostile.FORM, "invalid_payload", id="form-base64-not-json"),
+    ],
+)
+def test_refused_requests_get_a_4xx_json_error_and_nothing_is_produced(
+    method: str, path: str, body: bytes, headers: dict[str, str], code: str
+) -> None:
+    async def go() -> None:
+        async with gateway() as g:
+            status, _, reply = await g.post(path, body, headers, method=method)
+            assert 400 <= status < 500 and reply["code"] == code, reply
+            assert set(reply) == {"type", "code", "detail", "attr"}
+            assert g.producer.sent == []
 
     asyncio.run(go())
 

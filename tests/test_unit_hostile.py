@@ -19,10 +19,10 @@ import ujson
 
 from eventpipe.config import Settings
 from eventpipe.contract import RawEvent
-from gateway.app import outside_key, route_limits
-from gateway.decode import is_form, parse_form
+from gateway.app import route_limits
+from gateway.decode import request_form
 from gateway.errors import CaptureError, unauthorized
-from gateway.events import RequestContext, parse_events
+from gateway.events import RequestContext, outside_token, parse_events
 from gateway.prepare import (
     INLINE_BYTES,
     MAX_EVENT_BYTES,
@@ -47,14 +47,15 @@ def run(bomb: hostile.Bomb, body: bytes) -> Prepared:
     body_limit, limits = route_limits(Settings(), route)
     if len(body) > body_limit:
         raise CaptureError(413, "validation_error", "payload_too_large", "body")
-    ctx = RequestContext(now=NOW, route=route, query_token=query.get("token"))
+    query_token = outside_token(query) if bomb.method == "GET" else None  # gateway.app.query_key
+    ctx = RequestContext(now=NOW, route=route, query_token=query_token)
     content_type = bomb.headers.get("Content-Type", "")
-    if outside_key(query) not in (None, KEY):
+    if query_token not in (None, KEY):
         raise unauthorized("invalid_api_key", "query key")  # the app checks it before reading the body
     try:
         return prepare_inline(body, content_type, query, "", ctx, limits)
     except Escalate:
-        if is_form(content_type, body) and outside_key(parse_form(body)) not in (None, KEY):
+        if outside_token(request_form(body, content_type, query)) not in (None, KEY):
             raise unauthorized("invalid_api_key", "form key") from None  # ... and before a worker inflates
         return prepare(body, content_type, query, "", ctx, limits)
 
