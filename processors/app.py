@@ -39,11 +39,12 @@ import faust
 import ujson
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import NewTopic
 
 from eventpipe.admin import serve_admin
 from eventpipe.config import Settings
 from eventpipe.contract import RawEvent, Topics, dead_letter, now_ts
-from eventpipe.kafka import ensure_topics, producer, resolved_replication_factor, topics_for
+from eventpipe.kafka import ensure_topics, producer, replication_configs, resolved_replication_factor, topics_for
 from eventpipe.metrics import ProcessorMetrics
 from eventpipe.supervisor import clear_ready, mark_ready, run_dir
 from processors import protocol
@@ -66,6 +67,7 @@ HEARTBEAT_INTERVAL_S = 1.0
 # closes at 1 GB or after 7 days by default: until then a restart replays every write ever made, so its
 # time grew with history. Rolling a segment every minute and cleaning at 10 % dirty keeps what a restart
 # reads close to the live state (one record per id and person) plus a minute of writes.
+TABLE = "identity"
 CHANGELOG_CONFIG = {
     "segment.ms": str(60_000),
     "min.cleanable.dirty.ratio": "0.1",
@@ -323,7 +325,7 @@ def build_app(settings: Settings) -> faust.App:
     sources = app.topic(topics.raw_events, topics.identity_inbox, key_type=bytes, value_type=bytes)
     schema = faust.Schema(key_serializer="json", value_serializer="json")
     identity = app.Table(
-        "identity", default=None, partitions=settings.partitions, schema=schema, extra_topic_configs=CHANGELOG_CONFIG
+        TABLE, default=None, partitions=settings.partitions, schema=schema, extra_topic_configs=CHANGELOG_CONFIG
     )
     by_kind = row_topics(topics)
     edges: dict[str, AIOKafkaProducer] = {}
@@ -446,9 +448,23 @@ def build_app(settings: Settings) -> faust.App:
     return app
 
 
+def changelog_spec(settings: Settings) -> NewTopic:
+    """The ``identity`` table's changelog as Faust declares it (``<app id>-<table>-changelog``, compacted,
+    one partition per source partition)."""
+    rf = resolved_replication_factor(settings)
+    configs = {"cleanup.policy": "compact", **CHANGELOG_CONFIG, **replication_configs(rf)}
+    return NewTopic(f"{topics_for(settings).group('processors')}-{TABLE}-changelog", settings.partitions, rf,
+                    topic_configs=configs)
+
+
 def serve(settings: Settings) -> None:
-    # Topics must exist before the worker subscribes: Faust ignores a missing topic for good.
+    # Topics must exist before the worker subscribes: Faust ignores a missing topic for good. The
+    # changelog too: left to Faust, it is created moments before the group join, whose metadata can list
+    # it without partitions, and the first table write then crashes the worker with PartitionsMismatch
+    # ("... changelog has 0 partitions"; 2 of 20 test stacks on a loaded machine). ensure_topics waits
+    # until every partition has a leader.
     asyncio.run(ensure_topics(settings))
+    asyncio.run(ensure_topics(settings, [changelog_spec(settings)]))
     asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run closed its loop; Faust wants one
     app = build_app(settings)
     worker = faust.Worker(app, loglevel="INFO")
