@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 # -- the agents' batches: offsets committable only once the batch's rows are written -------------------------
@@ -270,3 +271,17 @@ def test_a_write_that_changes_nothing_is_not_staged() -> None:
     Tx(state, tx.step).put("new", None)  # never read: written
     assert "new" in tx.step.writes
 
+
+
+def test_the_changelog_serve_creates_is_the_one_faust_writes(tmp_path: Path) -> None:
+    """serve() creates the identity table's changelog itself; a name (or partition count) Faust no longer
+    uses would create a topic nobody writes and bring the startup race back silently."""
+    from dataclasses import replace
+
+    from eventpipe.config import Settings
+    from processors.app import TABLE, build_app, changelog_spec
+
+    settings = replace(Settings(), replication_factor=1, local_dir=tmp_path)
+    changelog = build_app(settings).tables[TABLE].changelog_topic
+    spec = changelog_spec(settings)
+    assert (spec.name, spec.num_partitions) == (changelog.get_topic_name(), changelog.partitions)
