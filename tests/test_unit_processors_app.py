@@ -281,7 +281,7 @@ def test_the_changelog_serve_creates_is_the_one_faust_writes(tmp_path: Path) -> 
     from eventpipe.config import Settings
     from processors.app import TABLE, build_app, changelog_spec
 
-    settings = replace(Settings(), replication_factor=1, local_dir=tmp_path)
+    settings = replace(Settings(), replication_factor=1, home=tmp_path)
     changelog = build_app(settings).tables[TABLE].changelog_topic
     spec = changelog_spec(settings)
     assert (spec.name, spec.num_partitions) == (changelog.get_topic_name(), changelog.partitions)
