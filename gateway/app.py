@@ -25,7 +25,7 @@ from gateway.batcher import Batcher
 from gateway.client_ip import client_ip, parse_networks
 from gateway.deadlines import Deadlines
 from gateway.decode import request_form
-from gateway.errors import CaptureError, invalid, timed_out, too_large, unauthorized, unavailable
+from gateway.errors import CaptureError, invalid, key_refused, timed_out, too_large, unauthorized, unavailable
 from gateway.events import RequestContext, outside_token
 from gateway.openapi import CAPTURE_ROUTES, build_spec
 from gateway.pool import DecodePool
@@ -180,11 +180,8 @@ def route_limits(settings: Settings, route: str) -> tuple[int, Limits]:
 
 async def check_key(app: web.Application, token: object) -> int:
     """The team of an api key; 401 for a key of the wrong shape or one no team has."""
-    reason = api_key_shape_error(token)
-    if reason == "personal_api_key":
-        raise unauthorized(reason, "Personal API keys (phx_…) can't send events: use your project API key (phc_…).")
-    if reason:
-        raise unauthorized(reason, "Project API key invalid.")
+    if reason := api_key_shape_error(token):
+        raise key_refused(reason)
     # The registry judges the key by the clock now: revoked keys and keys past their grace are refused.
     team_id = await app[REGISTRY].resolve(str(token))
     if team_id is None:

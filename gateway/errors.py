@@ -38,6 +38,16 @@ def unauthorized(code: str, detail: str) -> CaptureError:
     return CaptureError(401, "authentication_error", code, detail)
 
 
+def key_refused(reason: str) -> CaptureError:
+    """The 401 of a key refused by its shape (``eventpipe.teams.api_key_shape_error``'s reason), wherever it
+    was sent: query, form field or payload."""
+    if reason == "missing_api_key":
+        return unauthorized(reason, "API key not found. You can find your project API key with `eventpipe teams list`.")
+    if reason == "personal_api_key":
+        return unauthorized(reason, "Personal API keys (phx_…) can't send events: use your project API key (phc_…).")
+    return unauthorized(reason, "Project API key invalid.")
+
+
 def too_large(detail: str) -> CaptureError:
     return CaptureError(413, "validation_error", "payload_too_large", detail)
 

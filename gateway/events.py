@@ -19,7 +19,7 @@ import ujson
 
 from eventpipe.contract import RawEvent, format_ts
 from eventpipe.teams import api_key_shape_error
-from gateway.errors import CaptureError, invalid, unauthorized
+from gateway.errors import CaptureError, invalid, key_refused, unauthorized
 from gateway.timestamps import parse_time, resolve_timestamp
 from gateway.uuid7 import derived_uuid, uuid7
 
@@ -163,14 +163,8 @@ def request_token(events: list[Any], top: dict[str, Any], outside: str | None = 
             token = outside
         elif token != outside:
             raise _multiple_tokens()
-    reason = api_key_shape_error(token)
-    if reason == "missing_api_key":
-        raise unauthorized(
-            "missing_api_key",
-            "API key not found. You can find your project API key in your eventpipe team (eventpipe teams list).",
-        )
-    if reason:
-        raise unauthorized(reason, "Project API key invalid.")
+    if reason := api_key_shape_error(token):
+        raise key_refused(reason)
     return str(token)
 
 

@@ -42,7 +42,15 @@ def gateway_pids(stack: Stack) -> list[int]:
 
 def capture(url: str, api_key: str, distinct_id: str, query: str = "") -> tuple[int, Any]:
     body = ujson.dumps({"api_key": api_key, "event": "keys-test", "distinct_id": distinct_id}).encode()
-    req = urllib.request.Request(f"{url}/capture/{query}", data=body, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    return answer(urllib.request.Request(f"{url}/capture/{query}", data=body, headers=headers))
+
+
+def get(url: str) -> tuple[int, Any]:
+    return answer(urllib.request.Request(url))
+
+
+def answer(req: urllib.request.Request) -> tuple[int, Any]:
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             return r.status, ujson.loads(r.read())
@@ -171,5 +179,6 @@ def test_a_personal_key_is_refused_on_capture(keys_stack: Stack) -> None:
     for url in gateways(keys_stack):
         status, body = capture(url, personal, "personal")
         assert status == 401 and body["code"] == "personal_api_key"
-        status, body = capture(url, personal, "personal", f"?api_key={personal}")  # refused before the body
+        assert "phc_" in body["detail"]
+        status, body = get(f"{url}/capture/?api_key={personal}")  # a GET's query key: refused before the body
         assert status == 401 and body["code"] == "personal_api_key" and "phc_" in body["detail"]
