@@ -2,15 +2,15 @@
 
 Wiring, top to bottom (the logic is in processors/protocol.py, pure and tested without a broker):
 
-    events_raw (key team:distinct_id) ───┐
-    identity_inbox (same partitions) ────┼─▶ identity agent ─▶ clickhouse_* rows, events_dlq
-    events_historical (same partitions) ─┘        │   └──────▶ identity_inbox (merges, forwards, re-pointings)
-                                                  └──────────▶ table "identity" (changelog, one partition each)
+    events_raw (key team:distinct_id) ─┐
+                                        ├─▶ identity agent ─┬─▶ clickhouse_* rows, events_dlq
+    identity_inbox (same partitions) ──┘                    ├─▶ identity_inbox (merges, forwards, re-pointings)
+    events_historical (same partitions) ──▶ history agent ──┴─▶ table "identity" (changelog, one partition each)
 
 All three topics have the same partition count, so Faust gives partition N of each to one worker, and
-every state key is written by the partition that reads it. Historical events wait in a bounded backlog
-and are processed in slices while no live event waits (processors/priority.py): the agent processes
-live batches, a drain task the backlog, one at a time under one lock. A batch of events (``take_events``) is turned into
+every state key is written by the partition that reads it. The history agent processes a slice of
+historical events only while no live event waits (processors/priority.py); the two agents' batches run
+one at a time, under one lock, through the same ``run_batch``. A batch of events (``take_events``) is turned into
 steps against an overlay of the table; then, in this order:
 
 1. every row and inbox message is sent and all acks awaited (no per-event round trip);
@@ -280,7 +280,7 @@ def step_for(overlay: Overlay, event: faust.EventT, topics: Topics, clock: int) 
             if raw.team_id is None:
                 return _dead("raw event without a team_id (written by a gateway older than this processor)")
             # The protocol compares an id's raw offsets (replays after a crash); a historical event's offset
-            # is in another topic, so it counts as unknown order there.
+            # is in another topic, so its order among the id's raw events counts as unknown.
             offset = message.offset if message.topic == topics.raw_events else None
             return protocol.on_raw(overlay, message.partition, raw, clock, offset)
         body = ujson.loads(event.value)
@@ -330,7 +330,8 @@ def build_app(settings: Settings) -> faust.App:
         datadir=str(datadir(settings)),
     )
     live_topics = (topics.raw_events, topics.identity_inbox)
-    sources = app.topic(*live_topics, topics.historical_events, key_type=bytes, value_type=bytes)
+    sources = app.topic(*live_topics, key_type=bytes, value_type=bytes)
+    history = app.topic(topics.historical_events, key_type=bytes, value_type=bytes)
     schema = faust.Schema(key_serializer="json", value_serializer="json")
     identity = app.Table(
         "identity", default=None, partitions=settings.partitions, schema=schema, extra_topic_configs=CHANGELOG_CONFIG
@@ -338,15 +339,12 @@ def build_app(settings: Settings) -> faust.App:
     by_kind = row_topics(topics)
     edges: dict[str, AIOKafkaProducer] = {}
     admin: list[web.AppRunner] = []
-    drainer: list[asyncio.Task[None]] = []
     started = asyncio.Event()
     liveness = Liveness()
     in_order = InOrder()
     cache = StateCache()
     metrics, names = ProcessorMetrics(), source_names(topics)
-    backlog: priority.Backlog[faust.EventT] = priority.Backlog()
-    one_at_a_time = asyncio.Lock()  # a live batch and a backlog slice never interleave
-    backlog_added = asyncio.Event()
+    one_at_a_time = asyncio.Lock()  # a live batch and a historical slice never interleave
 
     @app.task
     async def start_edges() -> None:
@@ -355,46 +353,29 @@ def build_app(settings: Settings) -> faust.App:
         await edges["producer"].start()
         # Loopback /metrics behind the admin secret, like the sink's (eventpipe/admin.py).
         admin.append(await serve_admin(settings, metrics.render, settings.processor_admin_port, admin_file(settings)))
-        drainer.append(asyncio.create_task(drain_backlog(), name="historical-backlog"))
         started.set()
 
     @app.agent(sources)
     async def identity_agent(stream: faust.StreamT) -> None:
         async for events in taking(stream).take_events(BATCH, within=BATCH_WINDOW_S):
             async with written_or_held(app, events):
-                if not started.is_set():
-                    await started.wait()
-                live = []
-                for event in await in_offset_order(events):
-                    if event.message.topic == topics.historical_events:
-                        event.message.incref()  # held in the backlog: take_events' ack is not the last one
-                        backlog.add([event])
-                        backlog_added.set()
-                    else:
-                        live.append(event)
-                set_history_flow()
-                if live:
-                    async with one_at_a_time:
-                        await run_batch(live)
+                async with one_at_a_time:
+                    await run_batch(events)
 
-    async def drain_backlog() -> None:
-        """processors/priority.py: the backlog in slices, while no live partition has messages waiting."""
-        while True:
-            if not backlog:
-                await backlog_added.wait()
-                backlog_added.clear()
-                continue
-            flow_stopped = app.rebalancing or not app.consumer.flow_active
-            if not priority.may_drain(len(backlog), live_waiting(), flow_stopped):
-                await asyncio.sleep(0.005)  # live events are being fetched or taken: they go first
-                continue
-            async with one_at_a_time:
-                chunk = backlog.take()
-                async with written_or_held(app, chunk):
-                    await run_batch(chunk)
-            for event in chunk:
-                event.ack()  # the backlog's hold: the offset becomes committable now
-            set_history_flow()
+    @app.agent(history)
+    async def history_agent(stream: faust.StreamT) -> None:
+        async for events in taking(stream).take_events(priority.SLICE, within=BATCH_WINDOW_S):
+            async with written_or_held(app, events):
+                await live_first()
+                async with one_at_a_time:
+                    await run_batch(events)
+
+    async def live_first() -> None:
+        """processors/priority.py: a slice of historical events waits while live events are waiting."""
+        waited = 0.0
+        while priority.defer(live_waiting(), app.rebalancing or not app.consumer.flow_active, waited):
+            await asyncio.sleep(priority.POLL_S)
+            waited += priority.POLL_S
 
     def live_waiting() -> bool:
         consumer = app.consumer
@@ -402,17 +383,10 @@ def build_app(settings: Settings) -> faust.App:
         live = [tp for tp in consumer.assignment() if tp.topic in live_topics]
         return priority.live_behind(live, consumer.highwater, lambda tp: in_order.resume_at(tp, committed(tp)))
 
-    def set_history_flow() -> None:
-        flow = backlog.flow()
-        if flow is None:
-            return
-        historical = [tp for tp in app.consumer.assignment() if tp.topic == topics.historical_events]
-        if flow is priority.Flow.PAUSE:
-            app.consumer.pause_partitions(historical)
-        else:
-            app.consumer.resume_partitions(historical)
-
-    async def run_batch(events: Sequence[faust.EventT]) -> None:
+    async def run_batch(batch: Sequence[faust.EventT]) -> None:
+        if not started.is_set():
+            await started.wait()
+        events = await in_offset_order(batch)
         began = time.monotonic()
         out = Outbox(edges["producer"])
         overlay = Overlay(identity, cache)
@@ -442,9 +416,7 @@ def build_app(settings: Settings) -> faust.App:
     async def watchdog() -> None:
         """processors/liveness.py: resume a stalled partition; restart the worker if that did not help."""
         consumer = app.consumer
-        # Historical partitions the backlog paused are not stalled: they wait for the backlog to drain.
-        watched = (*live_topics, *(() if backlog.paused else (topics.historical_events,)))
-        assigned = {tp for tp in consumer.assignment() if tp.topic in watched}
+        assigned = {tp for tp in consumer.assignment() if tp.topic in names}
         positions = {tp: await consumer.position(tp) for tp in assigned}
         verdict = liveness.check(time.monotonic(), assigned, consumer.highwater, positions.get, app.rebalancing)
         metrics.set_lag(lag_labels(names, liveness.lag(consumer.highwater, positions.get)))
@@ -491,14 +463,10 @@ def build_app(settings: Settings) -> faust.App:
     @app.on_partitions_assigned.connect
     async def forget_state(_sender: object, *_args: object, **_kwargs: object) -> None:
         cache.clear()  # a recovery (or another worker, before) may have changed what we held
-        backlog.reassigned()
-        set_history_flow()
 
     @app.on_before_shutdown.connect
     async def stop_edges(_sender: object, **_kwargs: object) -> None:
         clear_ready(settings, "processor")
-        for task in drainer:
-            task.cancel()
         if "producer" in edges:
             await edges["producer"].stop()
         for runner in admin:
