@@ -1,0 +1,145 @@
+"""``python -m bench.history``: live capture -> queryable latency with and without a historical backlog.
+
+Three phases on one stack (tests/stack.py: gateway, one processor worker, sink), each sending ``--probes``
+single-event captures at ``--probe-rate`` and timing each until ClickHouse returns it:
+
+1. quiet: nothing else;
+2. historical: ``--backlog`` events written to ``events_historical`` (what ``eventpipe import`` writes)
+   just before the probes;
+3. as live: the same backlog written to ``events_raw``, i.e. what a backlog did before it had a topic of
+   its own, for comparison.
+
+Printed: p50/p90/p99/max per phase and how many backlog events were still unstored when the last probe
+was seen (the backlog was being processed all along). Figures only; nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+from clickhouse_driver import Client
+
+from clickhouse.store import connection_args
+from eventpipe.config import StoreURL
+from eventpipe.importing import to_message
+from eventpipe.kafka import producer, topics_for
+from gateway.prepare import Limits
+from tests.stack import Stack
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+async def _write_backlog(stack: Stack, topic: str, api_key: str, team_id: int, n: int, tag: str) -> float:
+    now = datetime.now(UTC)
+    limits = Limits(inflated_bytes=2_000_000)
+    prod = producer(stack.settings, linger_ms=20)
+    await prod.start()
+    began = time.monotonic()
+    try:
+        futures = []
+        for i in range(n):
+            event = {"event": f"backlog-{tag}", "distinct_id": f"user-{i % 5000}", "timestamp": "2025-06-01T00:00:00Z",
+                     "properties": {"i": i, "$current_url": f"https://x.test/{i % 100}"}}  # fmt: skip
+            key, value = to_message(event, api_key, team_id, now, limits)
+            futures.append(await prod.send(topic, value, key=key))
+        await asyncio.gather(*futures)
+    finally:
+        await prod.stop()
+    return time.monotonic() - began
+
+
+def _probe(stack: Stack, client: Client, api_key: str, team_id: int, name: str, count: int, rate: float) -> list[float]:
+    """Send ``count`` probes at ``rate``; each one's seconds from the send until a query returns it."""
+    sent: dict[str, float] = {}
+    seen: dict[str, float] = {}
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            rows = client.execute(
+                "SELECT toString(uuid) FROM events WHERE team_id = %(t)s AND event = %(e)s", {"t": team_id, "e": name}
+            )
+            now = time.monotonic()
+            for (u,) in rows:
+                seen.setdefault(u, now)
+            if len(seen) >= count:
+                done.set()
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    for _ in range(count):
+        u = str(uuid.uuid4())
+        sent[u] = time.monotonic()
+        status, body = stack.post("/capture/", {"api_key": api_key, "event": name, "distinct_id": "probe", "uuid": u})
+        assert status == 200, body
+        time.sleep(1 / rate)
+    done.wait(timeout=600)
+    done.set()
+    watcher.join()
+    return [seen[u] - sent[u] for u in sent if u in seen]
+
+
+def _stored(client: Client, team_id: int, event: str) -> int:
+    return int(client.execute(
+        "SELECT count() FROM events WHERE team_id = %(t)s AND event = %(e)s", {"t": team_id, "e": event}
+    )[0][0])  # fmt: skip
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.history")
+    p.add_argument("--backlog", type=int, default=100_000)
+    p.add_argument("--probes", type=int, default=100)
+    p.add_argument("--probe-rate", type=float, default=10.0)
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        stack = Stack(Path(tmp))
+        stack.uses_clickhouse = True
+        try:
+            stack.start()
+            team = stack.team("bench-history")
+            client = Client(**connection_args(StoreURL.parse(stack.clickhouse)), database=stack.database)
+            topics = topics_for(stack.settings)
+            results = {}
+            for phase, topic in (
+                ("quiet", None),
+                ("historical", topics.historical_events),
+                ("as live", topics.raw_events),
+            ):
+                tag = phase.replace(" ", "-")
+                if topic is not None:
+                    seconds = asyncio.run(_write_backlog(stack, topic, team.api_key, team.team_id, args.backlog, tag))
+                    print(f"{phase}: wrote {args.backlog:,} backlog events to {topic} in {seconds:.1f} s", flush=True)
+                latencies = _probe(
+                    stack, client, team.api_key, team.team_id, f"probe-{tag}", args.probes, args.probe_rate
+                )
+                left = args.backlog - _stored(client, team.team_id, f"backlog-{tag}") if topic else 0
+                results[phase] = (latencies, left)
+                print(f"{phase}: {len(latencies)} probes, {left:,} backlog events still unstored after the last",
+                      flush=True)  # fmt: skip
+                if topic is not None:  # let the rest of the backlog drain before the next phase
+                    while _stored(client, team.team_id, f"backlog-{tag}") < args.backlog:
+                        time.sleep(1)
+            print("\nphase        probes   p50 ms   p90 ms   p99 ms   max ms   backlog left at last probe")
+            for phase, (lat, left) in results.items():
+                ms = [x * 1000 for x in lat]
+                print(f"{phase:<12} {len(ms):>6} {statistics.median(ms):>8.0f} {_percentile(ms, 90):>8.0f} "
+                      f"{_percentile(ms, 99):>8.0f} {max(ms):>8.0f}   {left:,}")  # fmt: skip
+            client.disconnect()
+        finally:
+            stack.close()
+
+
+if __name__ == "__main__":
+    main()
