@@ -25,6 +25,7 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+import ujson
 from clickhouse_driver import Client
 
 from clickhouse.store import connection_args
@@ -59,9 +60,37 @@ async def _write_backlog(stack: Stack, topic: str, api_key: str, team_id: int, n
     return time.monotonic() - began
 
 
-def _probe(stack: Stack, client: Client, api_key: str, team_id: int, name: str, count: int, rate: float) -> list[float]:
-    """Send ``count`` probes at ``rate``; each one's seconds from the send until a query returns it."""
+async def _processed_at(stack: Stack, name: str) -> dict[str, float]:
+    """uuid -> when the processors produced its row (the clickhouse_events message's timestamp), of the
+    rows of event ``name``."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    topic = topics_for(stack.settings).events
+    consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    out: dict[str, float] = {}
+    try:
+        parts = [TopicPartition(topic, p) for p in range(stack.settings.partitions)]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        end = await consumer.end_offsets(parts)
+        while any([await consumer.position(tp) < end[tp] for tp in parts]):
+            for messages in (await consumer.getmany(timeout_ms=500, max_records=10_000)).values():
+                for m in messages:
+                    if name.encode() in m.value and (row := ujson.loads(m.value))["event"] == name:
+                        out[row["uuid"]] = m.timestamp / 1000
+    finally:
+        await consumer.stop()
+    return out
+
+
+def _probe(
+    stack: Stack, client: Client, api_key: str, team_id: int, name: str, count: int, rate: float
+) -> tuple[list[float], list[float]]:
+    """Send ``count`` probes at ``rate``; per probe the seconds from the send until a query returns it, and
+    until the processors produced its row."""
     sent: dict[str, float] = {}
+    wall: dict[str, float] = {}
     seen: dict[str, float] = {}
     done = threading.Event()
 
@@ -81,14 +110,15 @@ def _probe(stack: Stack, client: Client, api_key: str, team_id: int, name: str, 
     watcher.start()
     for _ in range(count):
         u = str(uuid.uuid4())
-        sent[u] = time.monotonic()
+        sent[u], wall[u] = time.monotonic(), time.time()
         status, body = stack.post("/capture/", {"api_key": api_key, "event": name, "distinct_id": "probe", "uuid": u})
         assert status == 200, body
         time.sleep(1 / rate)
     done.wait(timeout=600)
     done.set()
     watcher.join()
-    return [seen[u] - sent[u] for u in sent if u in seen]
+    processed = asyncio.run(_processed_at(stack, name))
+    return [seen[u] - sent[u] for u in sent if u in seen], [processed[u] - wall[u] for u in wall if u in processed]
 
 
 def _stored(client: Client, team_id: int, event: str) -> int:
@@ -131,11 +161,13 @@ def main() -> None:
                 if topic is not None:  # let the rest of the backlog drain before the next phase
                     while _stored(client, team.team_id, f"backlog-{tag}") < args.backlog:
                         time.sleep(1)
-            print("\nphase        probes   p50 ms   p90 ms   p99 ms   max ms   backlog left at last probe")
-            for phase, (lat, left) in results.items():
-                ms = [x * 1000 for x in lat]
+            print("\nphase        probes   p50 ms   p90 ms   p99 ms   max ms   to the row produced p50/p99 ms   "
+                  "backlog left at last probe")  # fmt: skip
+            for phase, (lat, proc, left) in results.items():
+                ms, pms = [x * 1000 for x in lat], [x * 1000 for x in proc] or [0.0]
                 print(f"{phase:<12} {len(ms):>6} {statistics.median(ms):>8.0f} {_percentile(ms, 90):>8.0f} "
-                      f"{_percentile(ms, 99):>8.0f} {max(ms):>8.0f}   {left:,}")  # fmt: skip
+                      f"{_percentile(ms, 99):>8.0f} {max(ms):>8.0f}   {statistics.median(pms):>13.0f} / "
+                      f"{_percentile(pms, 99):<13.0f}   {left:,}")  # fmt: skip
             client.disconnect()
         finally:
             stack.close()

@@ -72,9 +72,9 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     start = checkpoint.position if checkpoint else Position()
     frontier = Frontier(start, checkpoint.summary if checkpoint else Summary())
+    imported_before = frontier.summary.imported
     if start != Position():
-        before = frontier.summary.imported
-        print(f"resuming at line {start.line:,} ({before:,} events imported before)", file=sys.stderr)
+        print(f"resuming at line {start.line:,} ({imported_before:,} events imported before)", file=sys.stderr)
 
     await ensure_topics(settings)
     topic = topics_for(settings).historical_events
@@ -144,7 +144,8 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     interrupted = bool(stopped)
     save(complete=not interrupted)
-    _print_summary(args, frontier.summary, time.monotonic() - began, interrupted)
+    this_run = frontier.summary.imported - imported_before
+    _print_summary(args, frontier.summary, time.monotonic() - began, interrupted, this_run)
     if checkpoint is not None and interrupted:
         where = _cp_path(args, settings, team_id)
         print(f"checkpoint: {where} (run the same command again to resume)", file=sys.stderr)
@@ -210,11 +211,14 @@ def _stop_on_signals() -> list[int]:
     return stopped
 
 
-def _print_summary(args: argparse.Namespace, summary: Summary, seconds: float, interrupted: bool) -> None:
+def _print_summary(
+    args: argparse.Namespace, summary: Summary, seconds: float, interrupted: bool, this_run: int = 0
+) -> None:
     if args.json:
-        print(json.dumps({**summary.as_json(), "seconds": round(seconds, 3), "interrupted": interrupted}))
+        figures = {"seconds": round(seconds, 3), "this_run": this_run, "interrupted": interrupted}
+        print(json.dumps({**summary.as_json(), **figures}))
     else:
-        print(render_summary(summary, seconds, interrupted))
+        print(render_summary(summary, seconds, interrupted, this_run))
 
 
 class Progress:

@@ -250,12 +250,15 @@ class Pacer:
 # -- summary ---------------------------------------------------------------------------------------------------
 
 
-def render_summary(summary: Summary, seconds: float, interrupted: bool) -> str:
-    rate = summary.imported / seconds if seconds > 0 else 0.0
+def render_summary(summary: Summary, seconds: float, interrupted: bool, this_run: int | None = None) -> str:
+    """The summary as text; ``this_run``: events imported by this run (a resumed import's summary counts
+    the whole file), for its rate."""
+    run = summary.imported if this_run is None else this_run
+    rate = run / seconds if seconds > 0 else 0.0
     refused = sum(summary.refused.values())
     lines = [
         f"{'interrupted: ' if interrupted else ''}imported {summary.imported:,} events, refused {refused:,} "
-        f"({seconds:,.1f} s this run, {rate:,.0f} events/s overall)"
+        f"({run:,} in {seconds:,.1f} s this run: {rate:,.0f} events/s)"
     ]
     for reason, count in summary.refused.most_common():
         where = [_where(line, item) for line, item, r in summary.listed if r == reason]

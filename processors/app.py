@@ -57,6 +57,7 @@ log = logging.getLogger("eventpipe.processors")
 # faust-streaming 0.15's exactly_once left transactions uncommitted against Kafka 4.1 in our tests.
 PROCESSING_GUARANTEE = "at_least_once"
 BATCH = 1000
+MAX_POLL_RECORDS = 1000
 BATCH_WINDOW_S = 0.02
 # Faust's default session timeout is 60 s: after a worker is SIGKILLed the group's rebalance waits that
 # long for the dead member, and with eager rebalancing every partition of every worker stalls meanwhile
@@ -324,6 +325,12 @@ def build_app(settings: Settings) -> faust.App:
         broker_session_timeout=SESSION_TIMEOUT_S,
         broker_heartbeat_interval=HEARTBEAT_INTERVAL_S,
         stream_buffer_maxsize=8192,
+        # Records per fetch handed to the agents' streams. Faust stops fetching a partition whose stream
+        # buffer is 80 % full, but delivers the rest of the fetch it is iterating; unbounded, that rest
+        # (every partition's buffered records) filled the history agent's buffer while it waited for live
+        # events, and a full buffer blocks delivery to every agent: live events queued behind history
+        # (p50 12.8 s in bench/history.py). Bounded under the buffer's 20 % (1,638), it never fills.
+        broker_max_poll_records=MAX_POLL_RECORDS,
         table_standby_replicas=0,
         web_enabled=False,
         Event=TakenEvent,

@@ -247,8 +247,8 @@ def test_the_summary_lists_refused_lines_by_reason_bounded() -> None:
     for line in range(1, 151):
         summary.refuse(line, 0, Refused("missing_timestamp", "needs a timestamp"))
     summary.refuse(151, 2, Refused("invalid_json"))
-    text = render_summary(summary, 2.0, interrupted=False)
-    assert "imported 10 events, refused 151" in text
+    text = render_summary(summary, 2.0, interrupted=False, this_run=4)
+    assert "imported 10 events, refused 151 (4 in 2.0 s this run: 2 events/s)" in text
     assert "missing_timestamp: 150 (line 1, line 2," in text and "and 50 more" in text
     assert "invalid_json: 1 (beyond the listed lines)" in text
     assert len(summary.listed) == 100
