@@ -151,12 +151,14 @@ def main() -> None:
                 if topic is not None:
                     seconds = asyncio.run(_write_backlog(stack, topic, team.api_key, team.team_id, args.backlog, tag))
                     print(f"{phase}: wrote {args.backlog:,} backlog events to {topic} in {seconds:.1f} s", flush=True)
-                latencies = _probe(
+                latencies, processing = _probe(
                     stack, client, team.api_key, team.team_id, f"probe-{tag}", args.probes, args.probe_rate
                 )
                 left = args.backlog - _stored(client, team.team_id, f"backlog-{tag}") if topic else 0
-                results[phase] = (latencies, left)
-                print(f"{phase}: {len(latencies)} probes, {left:,} backlog events still unstored after the last",
+                results[phase] = (latencies, processing, left)
+                ms = sorted(x * 1000 for x in latencies)
+                print(f"{phase}: {len(latencies)} probes, p50 {statistics.median(ms):.0f} ms, p99 "
+                      f"{_percentile(ms, 99):.0f} ms; {left:,} backlog events still unstored after the last",
                       flush=True)  # fmt: skip
                 if topic is not None:  # let the rest of the backlog drain before the next phase
                     while _stored(client, team.team_id, f"backlog-{tag}") < args.backlog:

@@ -57,7 +57,7 @@ log = logging.getLogger("eventpipe.processors")
 # faust-streaming 0.15's exactly_once left transactions uncommitted against Kafka 4.1 in our tests.
 PROCESSING_GUARANTEE = "at_least_once"
 BATCH = 1000
-MAX_POLL_RECORDS = 1000
+MAX_POLL_RECORDS = 500
 BATCH_WINDOW_S = 0.02
 # Faust's default session timeout is 60 s: after a worker is SIGKILLed the group's rebalance waits that
 # long for the dead member, and with eager rebalancing every partition of every worker stalls meanwhile
@@ -112,6 +112,18 @@ def record_batch(
 def lag_labels(names: Mapping[str, str], lag: Mapping[Any, int]) -> dict[str, int]:
     """Lag per partition (Faust TPs, :meth:`Liveness.lag`) keyed by ``topic:partition`` labels."""
     return {f"{names.get(tp.topic, tp.topic)}:{tp.partition}": n for tp, n in lag.items()}
+
+
+def history_buffer(partitions: int) -> int:
+    """Size of the history agent's stream buffer: one that never fills.
+
+    Faust stops fetching a partition once its stream buffer is 80 % full, but still delivers the records of
+    the fetch it is iterating, and a later fetch may still hold another partition's records, one fetch of
+    at most MAX_POLL_RECORDS per partition in the worst case. A buffer that fills blocks Faust's delivery
+    to every agent: live events waited behind the waiting history agent (bench/history.py, before: live
+    p50 5.6 s under a 60k-event backlog). The 20 % above Faust's threshold hold that sum with room to spare.
+    """
+    return max(8192, 8 * partitions * MAX_POLL_RECORDS)
 
 
 def admin_file(settings: Settings) -> Path:
@@ -325,11 +337,8 @@ def build_app(settings: Settings) -> faust.App:
         broker_session_timeout=SESSION_TIMEOUT_S,
         broker_heartbeat_interval=HEARTBEAT_INTERVAL_S,
         stream_buffer_maxsize=8192,
-        # Records per fetch handed to the agents' streams. Faust stops fetching a partition whose stream
-        # buffer is 80 % full, but delivers the rest of the fetch it is iterating; unbounded, that rest
-        # (every partition's buffered records) filled the history agent's buffer while it waited for live
-        # events, and a full buffer blocks delivery to every agent: live events queued behind history
-        # (p50 12.8 s in bench/history.py). Bounded under the buffer's 20 % (1,638), it never fills.
+        # Records per fetch handed to the agents' streams; with history_buffer() below, what keeps the
+        # history agent's buffer from ever filling (processors/priority.py).
         broker_max_poll_records=MAX_POLL_RECORDS,
         table_standby_replicas=0,
         web_enabled=False,
@@ -338,7 +347,14 @@ def build_app(settings: Settings) -> faust.App:
     )
     live_topics = (topics.raw_events, topics.identity_inbox)
     sources = app.topic(*live_topics, key_type=bytes, value_type=bytes)
-    history = app.topic(topics.historical_events, key_type=bytes, value_type=bytes)
+    # faust.Topic itself: app.topic() drops its maxsize argument (faust-streaming 0.15).
+    history = faust.Topic(
+        app,
+        topics=[topics.historical_events],
+        key_type=bytes,
+        value_type=bytes,
+        maxsize=history_buffer(settings.partitions),
+    )
     schema = faust.Schema(key_serializer="json", value_serializer="json")
     identity = app.Table(
         "identity", default=None, partitions=settings.partitions, schema=schema, extra_topic_configs=CHANGELOG_CONFIG

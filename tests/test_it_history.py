@@ -31,34 +31,34 @@ def _historical(api_key: str, start: int) -> dict[str, object]:
 
 
 def test_a_historical_backlog_does_not_hold_up_live_events(stack: Stack) -> None:
-    stack.start()
     team = stack.team("history")
-    # A historical_migration batch goes to the historical topic, not events_raw.
+    # With the worker stopped, a large backlog of historical_migration batches and then one live event of
+    # a user the backlog also has wait in Kafka: when the worker starts, it has both to choose from.
+    stack.kill("processor")
     for start in range(0, BACKLOG, BATCH):
         status, body = stack.post("/batch/", _historical(team.api_key, start))
         assert status == 200, body
+    status, _ = stack.post("/capture/", {"api_key": team.api_key, "event": "live", "distinct_id": "user-7"})
+    assert status == 200
     t = topics(stack)
+    assert len(stack.raw_events(1)) == 1  # the batches went to the historical topic, not events_raw
     assert t.historical_events != t.raw_events
+    stack.spawn("processor")
 
     def stored(where: str) -> int:
         return int(stack.sql(f"SELECT count() AS n FROM events WHERE team_id = {team.team_id} AND {where}")[0]["n"])
 
-    # The backlog is being processed ...
-    poll(lambda: stored("event = 'old'") > 0, 60, 0.1, "historical events start to be stored")
-    # ... when a live event of a user the backlog also has arrives.
-    status, _ = stack.post("/capture/", {"api_key": team.api_key, "event": "live", "distinct_id": "user-7"})
-    assert status == 200
-    poll(lambda: stored("event = 'live'") == 1, 60, 0.1, "the live event is stored")
-    poll(lambda: stored("event = 'old'") >= BACKLOG, 240, 0.5, "the whole backlog is stored")
+    poll(lambda: stored("event = 'live'") == 1, 90, 0.2, "the live event is stored")
+    poll(lambda: stored("event = 'old'") >= BACKLOG, 300, 0.5, "the whole backlog is stored")
 
     # Order of processing: in the live row's partition of clickhouse_events (one producer, the worker),
-    # rows after it were processed after it. Most of the backlog's rows there came later: the live event
-    # went ahead of them instead of waiting for the backlog.
+    # rows after it were produced after it. Most of the backlog's rows there came later: the live event
+    # was processed ahead of them instead of after the backlog it arrived behind.
     [live] = stack.sql(f"SELECT _partition, _offset FROM events WHERE team_id = {team.team_id} AND event = 'live'")
     same = f"event = 'old' AND _partition = {live['_partition']}"
     later, total = stored(f"{same} AND _offset > {live['_offset']}"), stored(same)
-    assert total > 0 and later >= total // 4, (later, total)
-    # Both are one person's events: same identity state whichever topic they came from.
+    assert total > 0 and later >= total // 2, (later, total)
+    # Both are one person's events: the same identity state whichever topic they came from.
     persons = stack.sql(
         f"SELECT uniqExact(person_id) AS n FROM events WHERE team_id = {team.team_id} AND distinct_id = 'user-7'"
     )

@@ -68,7 +68,6 @@ def _counts(stack: Stack, team_id: int) -> tuple[int, int, int]:
 
 
 def test_an_export_imports_resumes_after_an_interrupt_and_stores_each_event_once(stack: Stack, tmp_path: Path) -> None:
-    stack.start()
     team = stack.team("history")
     export = tmp_path / "export.jsonl.gz"
     _export(export)
@@ -115,7 +114,6 @@ def test_an_export_imports_resumes_after_an_interrupt_and_stores_each_event_once
 
 
 def test_a_changed_file_is_not_resumed(stack: Stack, tmp_path: Path) -> None:
-    stack.start()
     team = stack.team("history")
     export = tmp_path / "export.jsonl"
     export.write_text(json.dumps({"event": "e", "distinct_id": "u", "timestamp": "2024-03-01T00:00:00Z"}) + "\n")
