@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import statistics
 import tempfile
 import threading
@@ -132,6 +133,8 @@ def main() -> None:
     p.add_argument("--backlog", type=int, default=100_000)
     p.add_argument("--probes", type=int, default=100)
     p.add_argument("--probe-rate", type=float, default=10.0)
+    p.add_argument("--phases", default="quiet,historical,as live", help="comma-separated, of the three")
+    p.add_argument("--logs", type=Path, help="copy the stages' logs here at the end")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         stack = Stack(Path(tmp))
@@ -142,11 +145,8 @@ def main() -> None:
             client = Client(**connection_args(StoreURL.parse(stack.clickhouse)), database=stack.database)
             topics = topics_for(stack.settings)
             results = {}
-            for phase, topic in (
-                ("quiet", None),
-                ("historical", topics.historical_events),
-                ("as live", topics.raw_events),
-            ):
+            phases = {"quiet": None, "historical": topics.historical_events, "as live": topics.raw_events}
+            for phase, topic in ((name, phases[name]) for name in args.phases.split(",")):
                 tag = phase.replace(" ", "-")
                 if topic is not None:
                     seconds = asyncio.run(_write_backlog(stack, topic, team.api_key, team.team_id, args.backlog, tag))
@@ -156,6 +156,8 @@ def main() -> None:
                 )
                 left = args.backlog - _stored(client, team.team_id, f"backlog-{tag}") if topic else 0
                 results[phase] = (latencies, processing, left)
+                slow = [(i, round(x * 1000)) for i, x in enumerate(processing) if x > 0.5]
+                print(f"{phase}: probes processed after more than 500 ms (index, ms): {slow}", flush=True)
                 ms = sorted(x * 1000 for x in latencies)
                 print(f"{phase}: {len(latencies)} probes, p50 {statistics.median(ms):.0f} ms, p99 "
                       f"{_percentile(ms, 99):.0f} ms; {left:,} backlog events still unstored after the last",
@@ -172,6 +174,10 @@ def main() -> None:
                       f"{_percentile(pms, 99):<13.0f}   {left:,}")  # fmt: skip
             client.disconnect()
         finally:
+            if args.logs:
+                args.logs.mkdir(parents=True, exist_ok=True)
+                for log in stack.logs:
+                    shutil.copy(log, args.logs / log.name)
             stack.close()
 
 

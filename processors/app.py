@@ -404,7 +404,8 @@ def build_app(settings: Settings) -> faust.App:
         consumer = app.consumer
         committed = getattr(consumer, "committed_offset", lambda _tp: None)
         live = [tp for tp in consumer.assignment() if tp.topic in live_topics]
-        return priority.live_behind(live, consumer.highwater, lambda tp: in_order.resume_at(tp, committed(tp)))
+        # A partition that never committed (Faust reports a committed 0 as None too) starts at offset 0.
+        return priority.live_behind(live, consumer.highwater, lambda tp: in_order.resume_at(tp, committed(tp) or 0))
 
     async def run_batch(batch: Sequence[faust.EventT]) -> None:
         if not started.is_set():

@@ -22,3 +22,12 @@ def test_a_live_partition_is_behind_when_its_end_is_past_the_next_offset_taken()
     nxt["inbox-0"] = 2
     assert live_behind(ends, ends.get, nxt.get)
     assert not live_behind(["unknown"], ends.get, nxt.get)
+
+
+def test_the_history_buffer_never_fills_with_what_faust_delivers_after_stopping_the_fetch() -> None:
+    from processors.app import MAX_POLL_RECORDS, history_buffer
+
+    for partitions in (1, 4, 12, 64):
+        size = history_buffer(partitions)
+        # Faust stops fetching at maxsize / 1.25; one more fetch per partition may still be delivered.
+        assert size - size / 1.25 >= partitions * MAX_POLL_RECORDS
