@@ -98,9 +98,10 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         return callback
 
     def save(complete: bool = False) -> None:
+        """Move the frontier (and the summary behind it) on; write it as the checkpoint, if there is one."""
+        position = frontier.advance()
         if checkpoint is not None:
-            checkpoint.position, checkpoint.complete = frontier.advance(), complete
-            checkpoint.summary = frontier.summary
+            checkpoint.position, checkpoint.complete, checkpoint.summary = position, complete, frontier.summary
             checkpoint.save(_cp_path(args, settings, team_id))
 
     try:

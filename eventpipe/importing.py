@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -278,7 +279,9 @@ def format_eta(seconds: float | None) -> str:
 
 
 def source_size(stream: IO[bytes]) -> int | None:
+    """The input's size in bytes when it is a regular file (a pipe has none: no ETA)."""
     try:
-        return os.fstat(stream.fileno()).st_size
+        st = os.fstat(stream.fileno())
     except (OSError, ValueError, AttributeError):
         return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None

@@ -53,6 +53,7 @@ def _import(stack: Stack, *args: str) -> subprocess.Popen[str]:
         [sys.executable, "-m", "eventpipe.cli", "import", *args, "--json", "--progress-interval", "0.2"],
         env=stack.env,
         cwd=ROOT,
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -128,3 +129,14 @@ def test_a_changed_file_is_not_resumed(stack: Stack, tmp_path: Path) -> None:
     proc = _import(stack, str(export), "--team-id", str(team.team_id))
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and "file changed" in err and "--restart" in err
+
+
+def test_standard_input_is_imported_without_a_checkpoint(stack: Stack) -> None:
+    team = stack.team("history")
+    lines = [{"event": "e", "distinct_id": f"u{i}", "timestamp": "2024-03-01T00:00:00Z"} for i in range(50)]
+    proc = _import(stack, "-", "--team-id", str(team.team_id))
+    out, err = proc.communicate("".join(json.dumps(x) + "\n" for x in lines), timeout=60)
+    assert proc.returncode == 0, err
+    assert json.loads(out)["imported"] == 50
+    assert not (stack.home / "imports").exists()
+    assert poll(lambda: _counts(stack, team.team_id) == (50, 50, 50), 60, 0.5, "stdin events stored")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from eventpipe.importing import (
     import_uuid,
     render_summary,
     resume_problem,
+    source_size,
     to_message,
 )
 from gateway.events import RequestContext
@@ -252,3 +254,14 @@ def test_the_summary_lists_refused_lines_by_reason_bounded() -> None:
     assert "missing_timestamp: 150 (line 1, line 2," in text and "and 50 more" in text
     assert "invalid_json: 1 (beyond the listed lines)" in text
     assert len(summary.listed) == 100
+
+
+def test_only_a_regular_file_has_a_size_for_the_eta(tmp_path: Path) -> None:
+    export = tmp_path / "e.jsonl"
+    export.write_bytes(b"12345")
+    with export.open("rb") as f:
+        assert source_size(f) == 5
+    read, write = os.pipe()
+    with os.fdopen(read, "rb") as r, os.fdopen(write, "wb"):
+        assert source_size(r) is None
+    assert source_size(io.BytesIO(b"x")) is None
