@@ -10,8 +10,8 @@ Wiring, top to bottom (the logic is in processors/protocol.py, pure and tested w
 All three topics have the same partition count, so Faust gives partition N of each to one worker, and
 every state key is written by the partition that reads it. The history agent processes a slice of
 historical events only while no live event waits (processors/priority.py); the two agents' batches run
-one at a time, under one lock, through the same ``run_batch``. A batch of events (``take_events``) is turned into
-steps against an overlay of the table; then, in this order:
+one at a time, under one lock, through the same ``run_batch``. A batch of events (``take_events``) is
+turned into steps against an overlay of the table; then, in this order:
 
 1. every row and inbox message is sent and all acks awaited (no per-event round trip);
 2. the steps' state writes go to the table, each in the context of its own event so its changelog
