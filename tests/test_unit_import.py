@@ -265,3 +265,12 @@ def test_only_a_regular_file_has_a_size_for_the_eta(tmp_path: Path) -> None:
     with os.fdopen(read, "rb") as r, os.fdopen(write, "wb"):
         assert source_size(r) is None
     assert source_size(io.BytesIO(b"x")) is None
+
+
+def test_a_pretty_printed_document_resumes_at_its_next_item() -> None:
+    doc = json.dumps([_event(1), _event(2), _event(3)], indent=2).encode()
+    got = _read(doc)
+    assert [r.item for r in got] == [0, 1, 2]
+    again = _read(doc, got[0].next)
+    assert [r.event and r.event["distinct_id"] for r in again] == ["u2", "u3"]
+    assert _read(doc, got[-1].next) == []
