@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import pathlib
 import sys
 from typing import Any
 
@@ -209,6 +210,23 @@ def _print_table(columns: list[str], rows: list[tuple[Any, ...]]) -> None:
     print(f"({len(rows)} row{'s' if len(rows) != 1 else ''})", file=sys.stderr)
 
 
+def _add_import_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "import",
+        help="load a PostHog export or JSONL events (gzip too) into a team, resumable",
+        description="Imports historical events (docs/history.md): JSONL, PostHog batch exports, API documents.",
+    )
+    p.add_argument("file", help="the export, or - for standard input (no checkpoint then)")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--api-key", help="the team's project api key")
+    who.add_argument("--team-id", type=int, help="the team's id")
+    p.add_argument("--rate", type=float, metavar="EVENTS_PER_S", help="at most this many events per second")
+    p.add_argument("--checkpoint", type=pathlib.Path, help="checkpoint file (default: under EVENTPIPE_HOME/imports)")
+    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--progress-interval", type=float, default=1.0, metavar="SECONDS", help=argparse.SUPPRESS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="eventpipe", description="PostHog-compatible event ingestion into ClickHouse")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -259,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="a query parameter, used in the query as {NAME:Type}",
     )
+    _add_import_parser(sub)
     status = sub.add_parser(
         "status", help="stages (pid, ready), processor workers' figures, the Kafka bootstrap and ClickHouse's addresses"
     )
@@ -335,6 +354,10 @@ def _dispatch(args: argparse.Namespace, settings: config.Settings) -> int:
         return 0
     handlers = {"teams": _cmd_teams, "sql": _cmd_sql, "migrate": _cmd_migrate, "status": _cmd_status}
     handlers["squash-overrides"] = _cmd_squash
+    if args.cmd == "import":
+        from eventpipe.import_cmd import main as import_main
+
+        return import_main(args, settings)
     return handlers[args.cmd](args, settings)
 
 

@@ -56,6 +56,13 @@ class Topics:
         return f"{self.prefix}events_raw"
 
     @property
+    def historical_events(self) -> str:
+        """Raw events of ``historical_migration`` batches and of ``eventpipe import`` (docs/history.md): the
+        same messages, key and partition count as ``events_raw`` (co-partitioned with it and the identity
+        state), read by the processors only when live traffic leaves room (processors/priority.py)."""
+        return f"{self.prefix}events_historical"
+
+    @property
     def teams(self) -> str:
         return f"{self.prefix}teams"
 

@@ -67,6 +67,7 @@ def topic_specs(settings: Settings, replication_factor: int = 1) -> list[NewTopi
     rf = replication_factor
     names = (
         t.raw_events,
+        t.historical_events,
         t.identity_inbox,
         t.events,
         t.persons,

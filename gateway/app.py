@@ -43,8 +43,10 @@ PROXIES = web.AppKey("proxies", tuple)
 POOL = web.AppKey("pool", DecodePool)
 BUDGET = web.AppKey("budget", server.ByteBudget)
 RAW_TOPIC = web.AppKey("raw_topic", str)
+HISTORICAL_TOPIC = web.AppKey("historical_topic", str)
 DEADLINES = web.AppKey("deadlines", Deadlines)
 BATCHER = web.AppKey("batcher", Batcher)
+HISTORICAL_BATCHER = web.AppKey("historical_batcher", Batcher)
 LIMITS = web.AppKey("limits", dict)  # route -> (body limit, decode Limits), worked out once
 # Five times the body limit inflated on the event routes (posthog-js sends gzip-js batches to /e/);
 # on /batch as much inflated as a raw JSON body may be (PostHog allows 100 MB there, which a gateway
@@ -231,10 +233,13 @@ def _retrieved(future: asyncio.Future[object]) -> None:
         future.exception()  # so asyncio does not log "exception was never retrieved" for each message
 
 
-async def publish(app: web.Application, messages: list[Message]) -> None:
-    """Send every message and wait for Kafka's acks (acks=all); a timeout is a retryable 503."""
+async def publish(app: web.Application, messages: list[Message], historical: bool = False) -> None:
+    """Send every message and wait for Kafka's acks (acks=all); a timeout is a retryable 503.
+
+    ``historical``: a ``historical_migration`` batch, for the historical topic (docs/history.md)."""
     prod = app[PRODUCER]
-    topic = app[RAW_TOPIC]
+    topic = app[HISTORICAL_TOPIC] if historical else app[RAW_TOPIC]
+    batcher = app[HISTORICAL_BATCHER] if historical else app[BATCHER]
     deadlines = app[DEADLINES]  # EVENTPIPE_PRODUCE_TIMEOUT_S, one timer per 0.1 s of deadlines
     started = time.perf_counter()
     futures: list[asyncio.Future[object]] = []
@@ -255,7 +260,7 @@ async def publish(app: web.Application, messages: list[Message]) -> None:
                 for start in range(0, len(messages), 1000):
                     if start:
                         await asyncio.sleep(0)  # a 10,000-event batch must not hold the loop for all its appends
-                    acks += await app[BATCHER].add(prod, messages[start : start + 1000])
+                    acks += await batcher.add(prod, messages[start : start + 1000])
                 await Batcher.all_acked(acks)  # the batches are shared: never await (cancel) them directly
         finally:
             in_time = deadlines.leave(wait)
@@ -296,7 +301,7 @@ async def capture(request: web.Request) -> web.StreamResponse:
                 messages = prepared.messages
                 if prepared.team_id != team_id:  # decoded by a worker, or the key was not known yet
                     messages = stamp_teams(messages, prepared.token, team_id)
-                await publish(app, messages)
+                await publish(app, messages, prepared.historical)
         metrics.events.inc(route, len(prepared.messages))
     except CaptureError as err:
         metrics.errors.inc(err.code)
@@ -348,6 +353,7 @@ async def _on_cleanup(app: web.Application) -> None:
     # Stop the producer first: it flushes what is in flight, so no acknowledged request is lost; the
     # batches still filling are handed to it before.
     await app[BATCHER].flush()
+    await app[HISTORICAL_BATCHER].flush()
     if PRODUCER in app:
         await app[PRODUCER].stop()
     if REGISTRY in app:
@@ -372,6 +378,8 @@ def build_app(
     app[RAW_TOPIC] = topics_for(settings).raw_events
     app[DEADLINES] = Deadlines(settings.produce_timeout_s)
     app[BATCHER] = Batcher(app[RAW_TOPIC])
+    app[HISTORICAL_TOPIC] = topics_for(settings).historical_events
+    app[HISTORICAL_BATCHER] = Batcher(app[HISTORICAL_TOPIC])
     app[LIMITS] = {route: route_limits(settings, route) for route in CAPTURE_ROUTES}
     for route in CAPTURE_ROUTES:
         for path in (f"/{route}", f"/{route}/"):

@@ -54,6 +54,8 @@ class Prepared:
     # The team the messages carry already (key ``team_id:distinct_id``); None: keyed ``token:distinct_id``
     # without a team, for :func:`eventpipe.contract.stamp_teams` once the key is resolved.
     team_id: int | None = None
+    # A ``historical_migration: true`` batch: produced to the historical topic (docs/history.md).
+    historical: bool = False
 
     @property
     def size(self) -> int:
@@ -133,9 +135,15 @@ def prepare_text(
     """
     bounds = bounds or json_bounds(text)
     check_json_bounds(text, limits.max_values, limits.max_containers, bounds)
-    token, team_id, events = parse_fields(loads(text), ctx, text, team_of, bounds[1])
+    payload = loads(text)
+    token, team_id, events = parse_fields(payload, ctx, text, team_of, bounds[1])
     max_bytes = limits.max_event_bytes
-    return Prepared(token, [encode_fields(e, max_bytes) for e in events], team_id)
+    return Prepared(token, [encode_fields(e, max_bytes) for e in events], team_id, is_historical(payload))
+
+
+def is_historical(payload: Any) -> bool:
+    """PostHog's batch-level ``historical_migration`` flag (its capture reads a boolean on the request)."""
+    return isinstance(payload, dict) and payload.get("historical_migration") is True
 
 
 def _with_form_token(ctx: RequestContext, payload: Payload) -> RequestContext:

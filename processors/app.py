@@ -3,13 +3,15 @@
 Wiring, top to bottom (the logic is in processors/protocol.py, pure and tested without a broker):
 
     events_raw (key team:distinct_id) ─┐
-                                        ├─▶ identity agent ─▶ clickhouse_* rows, events_dlq
-    identity_inbox (same partitions) ──┘        │   └──────▶ identity_inbox (merges, forwards, re-pointings)
-                                                └──────────▶ table "identity" (changelog, one partition each)
+                                        ├─▶ identity agent ─┬─▶ clickhouse_* rows, events_dlq
+    identity_inbox (same partitions) ──┘                    ├─▶ identity_inbox (merges, forwards, re-pointings)
+    events_historical (same partitions) ──▶ history agent ──┴─▶ table "identity" (changelog, one partition each)
 
-Both topics have the same partition count, so Faust gives partition N of both to one worker, and every
-state key is written by the partition that reads it. A batch of events (``take_events``) is turned into
-steps against an overlay of the table; then, in this order:
+All three topics have the same partition count, so Faust gives partition N of each to one worker, and
+every state key is written by the partition that reads it. The history agent processes a slice of
+historical events only while no live event waits (processors/priority.py); the two agents' batches run
+one at a time, under one lock, through the same ``run_batch``. A batch of events (``take_events``) is
+turned into steps against an overlay of the table; then, in this order:
 
 1. every row and inbox message is sent and all acks awaited (no per-event round trip);
 2. the steps' state writes go to the table, each in the context of its own event so its changelog
@@ -47,7 +49,7 @@ from eventpipe.contract import RawEvent, Topics, dead_letter, now_ts
 from eventpipe.kafka import ensure_topics, producer, replication_configs, resolved_replication_factor, topics_for
 from eventpipe.metrics import ProcessorMetrics
 from eventpipe.supervisor import clear_ready, mark_ready, run_dir
-from processors import protocol
+from processors import priority, protocol
 from processors.liveness import Liveness
 from processors.ordering import Admit, InOrder
 
@@ -56,6 +58,7 @@ log = logging.getLogger("eventpipe.processors")
 # faust-streaming 0.15's exactly_once left transactions uncommitted against Kafka 4.1 in our tests.
 PROCESSING_GUARANTEE = "at_least_once"
 BATCH = 1000
+MAX_POLL_RECORDS = 500
 BATCH_WINDOW_S = 0.02
 # Faust's default session timeout is 60 s: after a worker is SIGKILLed the group's rebalance waits that
 # long for the dead member, and with eager rebalancing every partition of every worker stalls meanwhile
@@ -92,7 +95,11 @@ def row_topics(topics: Topics) -> dict[str, tuple[str, str | None]]:
 
 def source_names(topics: Topics) -> dict[str, str]:
     """The agent's topics -> their metric label (the name without the prefix)."""
-    return {topics.raw_events: "events_raw", topics.identity_inbox: "identity_inbox"}
+    return {
+        topics.raw_events: "events_raw",
+        topics.identity_inbox: "identity_inbox",
+        topics.historical_events: "events_historical",
+    }
 
 
 def record_batch(
@@ -107,6 +114,18 @@ def record_batch(
 def lag_labels(names: Mapping[str, str], lag: Mapping[Any, int]) -> dict[str, int]:
     """Lag per partition (Faust TPs, :meth:`Liveness.lag`) keyed by ``topic:partition`` labels."""
     return {f"{names.get(tp.topic, tp.topic)}:{tp.partition}": n for tp, n in lag.items()}
+
+
+def history_buffer(partitions: int) -> int:
+    """Size of the history agent's stream buffer: one that never fills.
+
+    Faust stops fetching a partition once its stream buffer is 80 % full, but still delivers the records of
+    the fetch it is iterating, and a later fetch may still hold another partition's records, one fetch of
+    at most MAX_POLL_RECORDS per partition in the worst case. A buffer that fills blocks Faust's delivery
+    to every agent: live events waited behind the waiting history agent (bench/history.py, before: live
+    p50 5.6 s under a 60k-event backlog). The 20 % above Faust's threshold hold that sum with room to spare.
+    """
+    return max(8192, 8 * partitions * MAX_POLL_RECORDS)
 
 
 def admin_file(settings: Settings) -> Path:
@@ -271,11 +290,14 @@ def step_for(overlay: Overlay, event: faust.EventT, topics: Topics, clock: int) 
     """The protocol step of one message (a dead letter for one that cannot be read)."""
     message = event.message
     try:
-        if message.topic == topics.raw_events:
+        if message.topic in (topics.raw_events, topics.historical_events):
             raw = RawEvent.from_json(event.value)
             if raw.team_id is None:
                 return _dead("raw event without a team_id (written by a gateway older than this processor)")
-            return protocol.on_raw(overlay, message.partition, raw, clock, message.offset)
+            # The protocol compares an id's raw offsets (replays after a crash); a historical event's offset
+            # is in another topic, so its order among the id's raw events counts as unknown.
+            offset = message.offset if message.topic == topics.raw_events else None
+            return protocol.on_raw(overlay, message.partition, raw, clock, offset)
         body = ujson.loads(event.value)
         if not isinstance(body, dict):
             return _dead("identity message is not a JSON object")
@@ -317,12 +339,24 @@ def build_app(settings: Settings) -> faust.App:
         broker_session_timeout=SESSION_TIMEOUT_S,
         broker_heartbeat_interval=HEARTBEAT_INTERVAL_S,
         stream_buffer_maxsize=8192,
+        # Records per fetch handed to the agents' streams; with history_buffer() below, what keeps the
+        # history agent's buffer from ever filling (processors/priority.py).
+        broker_max_poll_records=MAX_POLL_RECORDS,
         table_standby_replicas=0,
         web_enabled=False,
         Event=TakenEvent,
         datadir=str(datadir(settings)),
     )
-    sources = app.topic(topics.raw_events, topics.identity_inbox, key_type=bytes, value_type=bytes)
+    live_topics = (topics.raw_events, topics.identity_inbox)
+    sources = app.topic(*live_topics, key_type=bytes, value_type=bytes)
+    # faust.Topic itself: app.topic() drops its maxsize argument (faust-streaming 0.15).
+    history = faust.Topic(
+        app,
+        topics=[topics.historical_events],
+        key_type=bytes,
+        value_type=bytes,
+        maxsize=history_buffer(settings.partitions),
+    )
     schema = faust.Schema(key_serializer="json", value_serializer="json")
     identity = app.Table(
         TABLE, default=None, partitions=settings.partitions, schema=schema, extra_topic_configs=CHANGELOG_CONFIG
@@ -335,6 +369,7 @@ def build_app(settings: Settings) -> faust.App:
     in_order = InOrder()
     cache = StateCache()
     metrics, names = ProcessorMetrics(), source_names(topics)
+    one_at_a_time = asyncio.Lock()  # a live batch and a historical slice never interleave
 
     @app.task
     async def start_edges() -> None:
@@ -349,7 +384,30 @@ def build_app(settings: Settings) -> faust.App:
     async def identity_agent(stream: faust.StreamT) -> None:
         async for events in taking(stream).take_events(BATCH, within=BATCH_WINDOW_S):
             async with written_or_held(app, events):
-                await run_batch(events)
+                async with one_at_a_time:
+                    await run_batch(events)
+
+    @app.agent(history)
+    async def history_agent(stream: faust.StreamT) -> None:
+        async for events in taking(stream).take_events(priority.SLICE, within=BATCH_WINDOW_S):
+            async with written_or_held(app, events):
+                await live_first()
+                async with one_at_a_time:
+                    await run_batch(events)
+
+    async def live_first() -> None:
+        """processors/priority.py: a slice of historical events waits while live events are waiting."""
+        waited = 0.0
+        while priority.defer(live_waiting(), app.rebalancing or not app.consumer.flow_active, waited):
+            await asyncio.sleep(priority.POLL_S)
+            waited += priority.POLL_S
+
+    def live_waiting() -> bool:
+        consumer = app.consumer
+        committed = getattr(consumer, "committed_offset", lambda _tp: None)
+        live = [tp for tp in consumer.assignment() if tp.topic in live_topics]
+        # A partition that never committed (Faust reports a committed 0 as None too) starts at offset 0.
+        return priority.live_behind(live, consumer.highwater, lambda tp: in_order.resume_at(tp, committed(tp) or 0))
 
     async def run_batch(batch: Sequence[faust.EventT]) -> None:
         if not started.is_set():
@@ -384,7 +442,7 @@ def build_app(settings: Settings) -> faust.App:
     async def watchdog() -> None:
         """processors/liveness.py: resume a stalled partition; restart the worker if that did not help."""
         consumer = app.consumer
-        assigned = {tp for tp in consumer.assignment() if tp.topic in (topics.raw_events, topics.identity_inbox)}
+        assigned = {tp for tp in consumer.assignment() if tp.topic in names}
         positions = {tp: await consumer.position(tp) for tp in assigned}
         verdict = liveness.check(time.monotonic(), assigned, consumer.highwater, positions.get, app.rebalancing)
         metrics.set_lag(lag_labels(names, liveness.lag(consumer.highwater, positions.get)))

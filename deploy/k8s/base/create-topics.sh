@@ -31,9 +31,10 @@ create() {  # create NAME PARTITIONS [--config K=V ...]
   echo "topic $name: $count partitions, replication factor $rf"
 }
 
-# Partitioned topics (keyed: one distinct id's events stay in order on one partition; identity_inbox must
-# have the partition count of events_raw).
+# Partitioned topics (keyed: one distinct id's events stay in order on one partition; identity_inbox and
+# events_historical must have the partition count of events_raw).
 create events_raw "$partitions"
+create events_historical "$partitions"
 create identity_inbox "$partitions"
 create clickhouse_events "$partitions"
 create clickhouse_person "$partitions"
