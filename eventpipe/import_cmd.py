@@ -154,10 +154,13 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _team(settings: Settings, api_key: str | None, team_id: int | None) -> tuple[str, int]:
-    teams = [t for t in await list_teams(settings) if not t.revoked]
-    for team in teams:
-        if (api_key is not None and team.api_key == api_key) or (team_id is not None and team.team_id == team_id):
-            return team.api_key, team.team_id
+    now = time.time()  # a key past its grace imports nothing, as it captures nothing
+    for team in await list_teams(settings):
+        valid = [k.api_key for k in team.valid_keys(now)]
+        if api_key is not None and api_key in valid:
+            return api_key, team.team_id
+        if api_key is None and team.team_id == team_id and valid:
+            return team.main_key(now).api_key, team.team_id
     raise Unimportable(f"no team has {'that api key' if api_key else f'id {team_id}'} (eventpipe teams list)")
 
 
