@@ -107,6 +107,8 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         now = datetime.now(UTC)
         for n, record in enumerate(records(open_input(raw), start), 1):
+            if n == 1:
+                progress.begin()
             if record.refused is not None:
                 frontier.add(record, record.refused)
             else:
@@ -130,7 +132,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
                 await asyncio.sleep(0)  # let the producer's sender run
             if progress.due():
                 save()
-                progress.show(frontier.summary.imported, sent, time.monotonic() - began)
+                progress.show(frontier.summary.imported, sent)
         await prod.flush()
     finally:
         await prod.stop()  # flushes whatever is still in flight
@@ -233,8 +235,17 @@ class Progress:
     def __init__(self, size: int | None, raw: IO[bytes], interval_s: float) -> None:
         self.size, self.raw, self.interval_s = size, raw, interval_s
         self.tty = sys.stderr.isatty()
-        self.bar = tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc="import") if self.tty else None
+        self.bar: tqdm[Any] | None = None
+        self.initial, self.began = 0, time.monotonic()
         self.next = time.monotonic() + interval_s
+
+    def begin(self) -> None:
+        """Reading starts here (a resumed import has skipped what was done): rate and ETA count from now."""
+        self.initial, self.began = self.position(), time.monotonic()
+        if self.tty:
+            self.bar = tqdm(
+                total=self.size, initial=self.initial, unit="B", unit_scale=True, unit_divisor=1024, desc="import"
+            )
 
     def due(self) -> bool:
         now = time.monotonic()
@@ -249,7 +260,8 @@ class Progress:
         except (OSError, ValueError):
             return 0
 
-    def show(self, imported: int, sent: int, elapsed: float) -> None:
+    def show(self, imported: int, sent: int) -> None:
+        elapsed = time.monotonic() - self.began
         postfix = f"{sent:,} events sent, {imported:,} imported, {sent / elapsed if elapsed else 0:,.0f} events/s"
         if self.bar is not None:
             self.bar.update(self.position() - self.bar.n)
@@ -265,6 +277,7 @@ class Progress:
             prefix="import",
             postfix=postfix,
             ncols=0,
+            initial=self.initial,
         )
         print(line, file=sys.stderr, flush=True)
 

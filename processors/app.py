@@ -446,6 +446,12 @@ def build_app(settings: Settings) -> faust.App:
         positions = {tp: await consumer.position(tp) for tp in assigned}
         verdict = liveness.check(time.monotonic(), assigned, consumer.highwater, positions.get, app.rebalancing)
         metrics.set_lag(lag_labels(names, liveness.lag(consumer.highwater, positions.get)))
+        # Historical partitions are watched for their lag only: one of them can take nothing for long while
+        # its messages wait behind the others' in the history agent's one buffer (its fetch paused by
+        # Faust's flow control), or behind live traffic; restarting the worker then only starts over (a
+        # 1M-event import crashed the worker after 86 s that way).
+        verdict.resume = [tp for tp in verdict.resume if tp.topic in live_topics]
+        verdict.give_up = [tp for tp in verdict.give_up if tp.topic in live_topics]
         if verdict.resume:
             metrics.watchdog.inc("resume", len(verdict.resume))
             log.warning("partitions %s have unread messages but took none for %.0f s: resuming them",
