@@ -26,6 +26,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.integration)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed integration test's report ends with the logs of the stacks it used (those it made, and
+    those still open: a module's), whatever the test did with them."""
+    report = yield
+    if report.failed and call.when == "call" and "integration" in item.keywords:
+        first = item.stash.get(_FIRST_STACK, len(Stack.made))
+        for n, stack in enumerate(Stack.made):
+            if (n >= first or not stack.closed) and stack.logs:
+                report.sections.append((f"stage logs of stack {stack.id}", stack.log_tails()))
+    return report
+
+
+_FIRST_STACK = pytest.StashKey[int]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    item.stash[_FIRST_STACK] = len(Stack.made)
+
+
 @pytest.fixture(scope="session")
 def kafka() -> str:
     if not _reachable(KAFKA):

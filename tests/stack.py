@@ -19,7 +19,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import ujson
 from aiokafka.admin import AIOKafkaAdminClient
@@ -68,6 +68,10 @@ def poll(fn: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.
 
 
 class Stack:
+    # Every stack of the session, so a failed test's report carries its stages' logs (tests/conftest.py):
+    # a stage that stalled or crashed says why there, and tmp dirs are rotated away soon after a CI run.
+    made: ClassVar[list[Stack]] = []
+
     def __init__(
         self,
         tmp: Path,
@@ -102,6 +106,8 @@ class Stack:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.uses_clickhouse = False  # a sink ran or the CLI touched the database: close() drops it
         self.logs: list[Path] = []
+        self.closed = False
+        Stack.made.append(self)
 
     @property
     def settings(self) -> config.Settings:
@@ -244,9 +250,11 @@ class Stack:
             if log.name.startswith(stage) and p.poll() is None
         )
 
+    def log_tails(self, chars: int = 4000) -> str:
+        return "".join(f"==== {log.name}\n{log.read_text(errors='replace')[-chars:]}\n" for log in self.logs)
+
     def dump_logs(self) -> None:
-        for log in self.logs:
-            print(f"==== {log.name}\n{log.read_text(errors='replace')[-4000:]}", file=sys.stderr)
+        print(self.log_tails(), file=sys.stderr)
 
     def create_team(self, name: str = "test", api_key: str | None = None) -> str:
         return self.team(name, api_key).api_key
@@ -302,6 +310,7 @@ class Stack:
                 p.wait()
 
     def close(self) -> None:
+        self.closed = True
         self.stop_all()
         asyncio.run(self._delete_topics())
         if not self.uses_clickhouse:
