@@ -29,8 +29,6 @@ from pathlib import Path
 import ujson
 from clickhouse_driver import Client
 
-from clickhouse.store import connection_args
-from eventpipe.config import StoreURL
 from eventpipe.importing import to_message
 from eventpipe.kafka import producer, topics_for
 from gateway.prepare import Limits
@@ -138,11 +136,10 @@ def main() -> None:
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         stack = Stack(Path(tmp))
-        stack.uses_clickhouse = True
         try:
             stack.start()
             team = stack.team("bench-history")
-            client = Client(**connection_args(StoreURL.parse(stack.clickhouse)), database=stack.database)
+            client = stack.clickhouse_client()
             topics = topics_for(stack.settings)
             results = {}
             phases = {"quiet": None, "historical": topics.historical_events, "as live": topics.raw_events}

@@ -18,10 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from clickhouse_driver import Client
-
-from clickhouse.store import connection_args
-from eventpipe.config import StoreURL
 from tests.stack import ROOT, Stack
 
 
@@ -74,11 +70,10 @@ def main() -> None:
             f"export: {a.lines:,} lines, {export.stat().st_size / 1e6:,.0f} MB, written in {time.monotonic() - t:.0f} s"
         )
         stack = Stack(Path(tmp))
-        stack.uses_clickhouse = True
         try:
             stack.start()
             team = stack.team("import-bench")
-            client = Client(**connection_args(StoreURL.parse(stack.clickhouse)), database=stack.database)
+            client = stack.clickhouse_client()
             began = time.monotonic()
             print("first run (interrupted):")
             rc1, out1, _, s1 = run_import(

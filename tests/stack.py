@@ -298,6 +298,18 @@ class Stack:
         assert res.returncode == 0, res.stderr
         return ujson.loads(res.stdout)
 
+    def clickhouse_client(self, database: str | None = "") -> Any:
+        """A clickhouse-driver client of the stack's server: on its database (the default), another, or
+        none (``None``). Its database is then dropped by :meth:`close`."""
+        from clickhouse_driver import Client
+
+        from clickhouse.store import connection_args
+        from eventpipe.config import StoreURL
+
+        self.uses_clickhouse = True
+        db = {} if database is None else {"database": database or self.database}
+        return Client(**connection_args(StoreURL.parse(self.clickhouse)), **db)
+
     def stop_all(self) -> None:
         for p in self.procs:
             if p.poll() is None:
@@ -315,14 +327,9 @@ class Stack:
         asyncio.run(self._delete_topics())
         if not self.uses_clickhouse:
             return
-        from clickhouse_driver import Client
-
-        from clickhouse.store import connection_args
-        from eventpipe.config import StoreURL
-
         cluster = self.env.get("EVENTPIPE_CLICKHOUSE_CLUSTER")
         on_cluster = f" ON CLUSTER {cluster}" if cluster else ""
-        client = Client(**connection_args(StoreURL.parse(self.clickhouse)))
+        client = self.clickhouse_client(database=None)
         try:
             client.execute(f"DROP DATABASE IF EXISTS `{self.database}`{on_cluster}")
         finally:
