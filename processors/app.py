@@ -42,6 +42,8 @@ import ujson
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import NewTopic
+from aiokafka.errors import KafkaError
+from faust.types import TP
 
 from eventpipe.admin import serve_admin
 from eventpipe.config import Settings
@@ -60,6 +62,7 @@ PROCESSING_GUARANTEE = "at_least_once"
 BATCH = 1000
 MAX_POLL_RECORDS = 500
 BATCH_WINDOW_S = 0.02
+LIST_OFFSETS_TIMEOUT_S = 2.0  # the watchdog's one broker round trip, for partitions that never committed
 # Faust's default session timeout is 60 s: after a worker is SIGKILLed the group's rebalance waits that
 # long for the dead member, and with eager rebalancing every partition of every worker stalls meanwhile
 # (58 s measured in tests/test_it_identity.py's kill test). The heartbeat runs on the consumer's own
@@ -404,9 +407,9 @@ def build_app(settings: Settings) -> faust.App:
 
     def live_waiting() -> bool:
         consumer = app.consumer
-        committed = getattr(consumer, "committed_offset", lambda _tp: None)
         live = [tp for tp in consumer.assignment() if tp.topic in live_topics]
-        # A partition that never committed (Faust reports a committed 0 as None too) starts at offset 0.
+        # A partition that never committed starts at offset 0 as far as a slice's wait goes: at worst a slice
+        # waits MAX_WAIT_S for nothing, and this runs before every slice (no broker round trip here).
         return priority.live_behind(live, consumer.highwater, lambda tp: in_order.resume_at(tp, committed(tp) or 0))
 
     async def run_batch(batch: Sequence[faust.EventT]) -> None:
@@ -440,12 +443,16 @@ def build_app(settings: Settings) -> faust.App:
 
     @app.timer(5.0)
     async def watchdog() -> None:
-        """processors/liveness.py: resume a stalled partition; restart the worker if that did not help."""
+        """processors/liveness.py: resume a stalled partition (and read again what it fetched and never
+        handed over); restart the worker if that did not help."""
         consumer = app.consumer
         assigned = {tp for tp in consumer.assignment() if tp.topic in names}
         positions = {tp: await consumer.position(tp) for tp in assigned}
-        verdict = liveness.check(time.monotonic(), assigned, consumer.highwater, positions.get, app.rebalancing)
-        metrics.set_lag(lag_labels(names, liveness.lag(consumer.highwater, positions.get)))
+        nexts = await next_offsets(assigned)
+        verdict = liveness.check(
+            time.monotonic(), assigned, consumer.highwater, positions.get, app.rebalancing, nexts.get
+        )
+        metrics.set_lag(lag_labels(names, liveness.lag(consumer.highwater, positions.get, nexts.get)))
         # Historical partitions are watched for their lag only: one of them can take nothing for long while
         # its messages wait behind the others' in the history agent's one buffer (its fetch paused by
         # Faust's flow control), or behind live traffic; restarting the worker then only starts over (a
@@ -458,16 +465,38 @@ def build_app(settings: Settings) -> faust.App:
                         sorted(map(str, verdict.resume)), liveness.stall_after_s)
             consumer.resume_partitions(verdict.resume)
             consumer.resume_flow()
+            for tp in verdict.resume:
+                if tp in verdict.seek:
+                    log.warning("%s: fetched up to offset %s but took nothing from %d on; reading again from %d",
+                                tp, positions.get(tp), verdict.seek[tp], verdict.seek[tp])
+                    await consumer.seek(tp, verdict.seek[tp])
         if verdict.give_up:
             metrics.watchdog.inc("restart")
             reason = f"partitions {sorted(map(str, verdict.give_up))} stayed stalled after a resume"
             log.error("%s: exiting so the supervisor restarts this worker (it reads from committed offsets)", reason)
             await app.crash(RuntimeError(reason))
 
+    async def next_offsets(partitions: set[TP]) -> dict[TP, int | None]:
+        """The next offset the agents take on each partition before they took any of it: its committed
+        offset, or the log start of one that never committed (None where the broker did not answer: the
+        watchdog then counts it from its fetch position this time)."""
+        nexts = {tp: in_order.resume_at(tp, committed(tp)) for tp in partitions}
+        never = [tp for tp, offset in nexts.items() if offset is None]
+        if never:
+            try:
+                nexts.update(await asyncio.wait_for(app.consumer.earliest_offsets(*never), LIST_OFFSETS_TIMEOUT_S))
+            except (TimeoutError, KafkaError) as exc:
+                log.info("log start offsets of %d partitions unknown this time: %r", len(never), exc)
+        return nexts
+
+    def committed(tp: TP) -> int | None:
+        """The partition's committed offset, the next one to read (processors/transport.py); None if it
+        never committed (Faust reports a committed 0 as None too)."""
+        return app.consumer.committed_offset(tp)  # type: ignore[attr-defined,no-any-return]
+
     async def in_offset_order(batch: Sequence[faust.EventT]) -> list[faust.EventT]:
         """processors/ordering.py: the batch's messages that are their partition's next offset; the
         messages past a hole stay untaken (uncommitted) and :func:`seek_holes` reads the hole again."""
-        committed = getattr(app.consumer, "committed_offset", lambda _tp: None)
         admitted = []
         now = time.monotonic()
         for event in batch:

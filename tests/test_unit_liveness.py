@@ -87,3 +87,45 @@ def test_a_partition_being_fetched_is_not_stalled_while_its_messages_wait_in_the
             break
     else:
         raise AssertionError("never resumed")
+
+
+def test_a_partition_whose_fetched_tail_was_dropped_is_stalled_and_read_again() -> None:
+    # Nothing taken since the assignment; Faust fetched the partition to its end but dropped what it
+    # fetched (nothing came after it to reveal the hole): the fetch position says caught up, the
+    # committed offset says 40 messages wait. Stalled: resumed and sought back to the committed offset,
+    # then given up (the worker restarts) if that did not help either.
+    live = Liveness(stall_after_s=10)
+
+    def verdict(now: float):
+        return live.check(now, [TP], lambda _tp: 100, lambda _tp: 100, False, lambda _tp: 60)
+
+    assert verdict(0.0).resume == []
+    first = verdict(11.0)
+    assert (first.resume, first.seek) == ([TP], {TP: 60})
+    assert live.lag(lambda _tp: 100, lambda _tp: 100, lambda _tp: 60) == {TP: 40}
+    assert verdict(22.0).give_up == [TP]
+    caught_up = Liveness(stall_after_s=10)  # committed at the end: nothing waits
+    assert caught_up.check(100.0, [TP], lambda _tp: 100, lambda _tp: 100, False, lambda _tp: 100).resume == []
+
+
+def test_a_dropped_tail_after_taken_messages_is_read_again_from_the_one_after_the_last_taken() -> None:
+    live = Liveness(stall_after_s=10)
+    live.taken(TP, 69, now=0.0)
+    # The committed offset (lagging what was taken) is not where the agents resume: 70 is.
+    verdict = live.check(11.0, [TP], lambda _tp: 100, lambda _tp: 100, False, lambda _tp: 60)
+    assert (verdict.resume, verdict.seek) == ([TP], {TP: 70})
+
+
+def test_a_stall_with_nothing_fetched_past_the_next_offset_is_only_resumed() -> None:
+    # A paused partition (fetch position at the next offset): resuming it is the cure; no seek.
+    live = Liveness(stall_after_s=10)
+    live.taken(TP, 69, now=0.0)
+    verdict = live.check(11.0, [TP], lambda _tp: 100, lambda _tp: 70, False)
+    assert (verdict.resume, verdict.seek) == ([TP], {})
+
+
+def test_a_partition_that_never_committed_without_a_known_start_counts_from_its_fetch_position() -> None:
+    # next_offset None (no committed offset, log start unknown this time): as before, the fetch position.
+    live = Liveness(stall_after_s=10)
+    assert live.check(100.0, [TP], lambda _tp: 100, lambda _tp: 100, False, lambda _tp: None).resume == []
+    assert live.check(111.0, [TP], lambda _tp: 100, lambda _tp: 100, False, lambda _tp: None).resume == []
