@@ -10,10 +10,15 @@ taken, or the committed offset of a partition that took nothing since its assign
 fetch position and the broker's high watermark.
 
 A partition is *stalled* when it has messages from that next offset on, has taken nothing and its fetch
-position has not moved for ``stall_after_s``, outside a rebalance. A moving position is a partition
-being read whose messages wait behind others in the stream (a worker catching up on a backlog of
-events_raw took no identity_inbox message for 20 s although Faust fetched them: restarting it would
-only start the backlog over). A stalled partition is first resumed (as Faust does after a rebalance)
+position has not moved for ``stall_after_s`` while the worker took nothing at all, outside a rebalance;
+or for ``starved_after_s`` while the worker was busy with other partitions. A moving position is a
+partition being read whose messages wait behind others in the stream (a worker catching up on a backlog
+of events_raw took no identity_inbox message for 20 s although Faust fetched them: restarting it would
+only start the backlog over). A busy worker serves its partitions in turns: aiokafka hands over one
+partition's fetched records (up to a fetch of 4 MB, ~15,000 small events) before the next one's, so
+under a backlog a partition's position can stand still for as long as the other partitions' turns take
+(45 s for 3 others at 1,000 events/s in bench/restart.py, which crashed the worker when 20 s was the
+only limit). A stalled partition is first resumed (as Faust does after a rebalance)
 and, if its fetch position is past its next offset (the records in between were fetched and never
 handed over), sought back to the next offset; if it stays stalled for as long again, the worker exits
 non-zero and the supervisor restarts it, which rejoins the group and reads from the committed offsets:
@@ -31,6 +36,7 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 
 STALL_AFTER_S = 20.0
+STARVED_AFTER_S = 180.0
 
 
 @dataclass
@@ -50,11 +56,14 @@ class Verdict:
 
 
 class Liveness:
-    def __init__(self, stall_after_s: float = STALL_AFTER_S) -> None:
+    def __init__(self, stall_after_s: float = STALL_AFTER_S, starved_after_s: float = STARVED_AFTER_S) -> None:
         self.stall_after_s = stall_after_s
+        self.starved_after_s = starved_after_s
         self.progress: dict[Hashable, _Progress] = {}
+        self.last_taken = float("-inf")  # when the agents last took a message, of any partition
 
     def taken(self, tp: Hashable, offset: int, now: float) -> None:
+        self.last_taken = max(self.last_taken, now)
         p = self.progress.get(tp)
         if p is None:
             self.progress[tp] = _Progress(offset, now)
@@ -92,7 +101,8 @@ class Liveness:
             if not behind or reading:
                 p.since, p.resumed = now, False
                 continue
-            if now - p.since < self.stall_after_s:
+            busy = now - self.last_taken < self.stall_after_s
+            if now - p.since < (self.starved_after_s if busy else self.stall_after_s):
                 continue
             if p.resumed:
                 verdict.give_up.append(tp)

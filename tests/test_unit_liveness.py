@@ -129,3 +129,40 @@ def test_a_partition_that_never_committed_without_a_known_start_counts_from_its_
     live = Liveness(stall_after_s=10)
     assert live.check(100.0, [TP], lambda _tp: 100, lambda _tp: 100, False, lambda _tp: None).resume == []
     assert live.check(111.0, [TP], lambda _tp: 100, lambda _tp: 100, False, lambda _tp: None).resume == []
+
+
+def test_partitions_served_in_turns_by_a_busy_worker_are_not_stalled() -> None:
+    # bench/restart.py under a backlog: aiokafka hands over one partition's fetch (~15,000 events) before the
+    # next one's, so each of 4 partitions stands still (position and taken) while the 3 others have their
+    # turns, 45 s here; the worker takes messages all along. No resume, no restart.
+    live = Liveness(stall_after_s=20, starved_after_s=180)
+    tps = ["p0", "p1", "p2", "p3"]
+    taken = dict.fromkeys(tps, 0)
+    for t in range(0, 170):
+        serving = tps[(t // 15) % 4]  # 15 s turns
+        taken[serving] += 1000
+        live.taken(serving, taken[serving], float(t))
+        verdict = live.check(float(t), tps, lambda _tp: 1_000_000, taken.get, False, lambda _tp: 0)
+        assert verdict.resume == verdict.give_up == [], t
+
+
+def test_a_partition_starved_beside_busy_ones_is_stalled_after_the_long_limit() -> None:
+    live = Liveness(stall_after_s=20, starved_after_s=180)
+    resumed_at = None
+    for t in range(0, 200):
+        live.taken("busy", t, float(t))
+        verdict = live.check(float(t), ["busy", "stuck"], lambda _tp: 1_000, {"busy": 1_000, "stuck": 50}.get, False,
+                             lambda _tp: 50)
+        if verdict.resume:
+            assert verdict.resume == ["stuck"]
+            resumed_at = t
+            break
+    assert resumed_at == 180
+
+
+def test_an_idle_worker_with_a_partition_behind_is_stalled_after_the_short_limit() -> None:
+    live = Liveness(stall_after_s=20, starved_after_s=180)
+    live.taken("other", 9, 0.0)  # the last message the worker took, of any partition
+    assert live.check(1.0, ["p"], lambda _tp: 100, lambda _tp: 60, False, lambda _tp: 60).resume == []
+    assert live.check(10.0, ["p"], lambda _tp: 100, lambda _tp: 60, False, lambda _tp: 60).resume == []
+    assert live.check(25.0, ["p"], lambda _tp: 100, lambda _tp: 60, False, lambda _tp: 60).resume == ["p"]
