@@ -411,7 +411,7 @@ def build_app(settings: Settings) -> faust.App:
     )
     by_kind = row_topics(topics)
     edges: dict[str, AIOKafkaProducer] = {}
-    admins: list[AIOKafkaAdminClient] = []  # where partitions resume (resume_offsets)
+    kafka_admin: list[AIOKafkaAdminClient] = []  # where partitions resume (resume_offsets)
     admin: list[web.AppRunner] = []
     started = asyncio.Event()
     liveness = Liveness()
@@ -425,8 +425,8 @@ def build_app(settings: Settings) -> faust.App:
         # aiokafka clients must be created inside the running loop, so not in build_app.
         edges["producer"] = producer(settings, linger_ms=5)
         await edges["producer"].start()
-        admins.append(AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10_000))
-        await admins[0].start()
+        kafka_admin.append(AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10_000))
+        await kafka_admin[0].start()
         # Loopback /metrics behind the admin secret, like the sink's (eventpipe/admin.py).
         admin.append(await serve_admin(settings, metrics.render, settings.processor_admin_port, admin_file(settings)))
         started.set()
@@ -533,7 +533,7 @@ def build_app(settings: Settings) -> faust.App:
         messages past a hole stay untaken (uncommitted) and :func:`seek_holes` reads the hole again."""
         unknown = in_order.unknown({event.message.tp for event in batch})
         if unknown:
-            for tp, start in (await resume_offsets(admins[0], app.consumer, app.conf.id, unknown)).items():
+            for tp, start in (await resume_offsets(kafka_admin[0], app.consumer, app.conf.id, unknown)).items():
                 in_order.begin(tp, start)
         admitted = []
         now = time.monotonic()
@@ -568,7 +568,7 @@ def build_app(settings: Settings) -> faust.App:
         clear_ready(settings, "processor")
         if "producer" in edges:
             await edges["producer"].stop()
-        for client in admins:
+        for client in kafka_admin:
             await client.close()
         for runner in admin:
             await runner.cleanup()
