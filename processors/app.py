@@ -32,7 +32,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -40,8 +40,10 @@ from typing import Any
 import faust
 import ujson
 from aiohttp import web
-from aiokafka import AIOKafkaProducer
-from aiokafka.admin import NewTopic
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
+from faust.types import TP
 
 from eventpipe.admin import serve_admin
 from eventpipe.config import Settings
@@ -51,7 +53,7 @@ from eventpipe.metrics import ProcessorMetrics
 from eventpipe.supervisor import clear_ready, mark_ready, run_dir
 from processors import priority, protocol
 from processors.liveness import Liveness
-from processors.ordering import Admit, InOrder
+from processors.ordering import Admit, InOrder, start_offsets
 
 log = logging.getLogger("eventpipe.processors")
 
@@ -60,6 +62,8 @@ PROCESSING_GUARANTEE = "at_least_once"
 BATCH = 1000
 MAX_POLL_RECORDS = 500
 BATCH_WINDOW_S = 0.02
+LIST_OFFSETS_TIMEOUT_S = 2.0  # the watchdog's one broker round trip, for partitions that never committed
+RESUME_ATTEMPTS = 3
 # Faust's default session timeout is 60 s: after a worker is SIGKILLed the group's rebalance waits that
 # long for the dead member, and with eager rebalancing every partition of every worker stalls meanwhile
 # (58 s measured in tests/test_it_identity.py's kill test). The heartbeat runs on the consumer's own
@@ -313,6 +317,50 @@ def _dead(reason: str) -> protocol.Step:
     return step
 
 
+async def next_offsets(consumer: Any, in_order: InOrder, partitions: Iterable[TP]) -> dict[TP, int | None]:
+    """The next offset the agents take on each partition (processors/ordering.py): before they took any
+    of it, its committed offset, or the log start of one that never committed (None where the broker did
+    not answer in time: the watchdog then counts it from its fetch position this time)."""
+    nexts = {tp: in_order.resume_at(tp) for tp in partitions}
+    nexts = {tp: consumer.committed_offset(tp) if offset is None else offset for tp, offset in nexts.items()}
+    never = [tp for tp, offset in nexts.items() if offset is None]
+    if never:
+        try:
+            nexts.update(await asyncio.wait_for(consumer.earliest_offsets(*never), LIST_OFFSETS_TIMEOUT_S))
+        except (TimeoutError, KafkaError) as exc:
+            log.info("log start offsets of %d partitions unknown this time: %r", len(never), exc)
+    return nexts
+
+
+async def resume_offsets(
+    admin: Any, consumer: Any, group: str, partitions: Iterable[TP], backoff_s: float = 1.0
+) -> dict[TP, int]:
+    """Where each partition resumes after its assignment (processors/ordering.py, ``start_offsets``), from
+    the broker: the group's committed offsets and the log starts. Not from Faust's record of committed
+    offsets: it is empty until Faust seeks to them, and its fetcher delivers before that.
+
+    A round trip per assignment, not per message; retried a few times, then raised: the batch is held
+    and the worker restarts (nothing taken, nothing committed)."""
+    tps = list(partitions)
+    for attempt in range(1, RESUME_ATTEMPTS + 1):
+        try:
+            found = await admin.list_consumer_group_offsets(
+                group, partitions=[TopicPartition(tp.topic, tp.partition) for tp in tps]
+            )
+            committed = {}
+            for tp in tps:
+                meta = found.get(TopicPartition(tp.topic, tp.partition))
+                committed[tp] = meta.offset if meta is not None and meta.offset >= 0 else None
+            log_start = await consumer.earliest_offsets(*tps)
+            return start_offsets(committed, log_start)  # type: ignore[return-value]
+        except KafkaError as exc:
+            if attempt == RESUME_ATTEMPTS:
+                raise
+            log.warning("where %d partitions resume is unknown (%r); asking again", len(tps), exc)
+            await asyncio.sleep(backoff_s * attempt)
+    raise AssertionError("unreachable")
+
+
 def datadir(settings: Settings) -> Path:
     """This worker's local state (RocksDB per partition), private to it: <home>/faust/<worker name>."""
     path = settings.home / "faust" / settings.worker_name
@@ -363,6 +411,7 @@ def build_app(settings: Settings) -> faust.App:
     )
     by_kind = row_topics(topics)
     edges: dict[str, AIOKafkaProducer] = {}
+    kafka_admin: list[AIOKafkaAdminClient] = []  # where partitions resume (resume_offsets)
     admin: list[web.AppRunner] = []
     started = asyncio.Event()
     liveness = Liveness()
@@ -376,6 +425,8 @@ def build_app(settings: Settings) -> faust.App:
         # aiokafka clients must be created inside the running loop, so not in build_app.
         edges["producer"] = producer(settings, linger_ms=5)
         await edges["producer"].start()
+        kafka_admin.append(AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10_000))
+        await kafka_admin[0].start()
         # Loopback /metrics behind the admin secret, like the sink's (eventpipe/admin.py).
         admin.append(await serve_admin(settings, metrics.render, settings.processor_admin_port, admin_file(settings)))
         started.set()
@@ -404,10 +455,14 @@ def build_app(settings: Settings) -> faust.App:
 
     def live_waiting() -> bool:
         consumer = app.consumer
-        committed = getattr(consumer, "committed_offset", lambda _tp: None)
         live = [tp for tp in consumer.assignment() if tp.topic in live_topics]
-        # A partition that never committed (Faust reports a committed 0 as None too) starts at offset 0.
-        return priority.live_behind(live, consumer.highwater, lambda tp: in_order.resume_at(tp, committed(tp) or 0))
+        # A partition that never committed starts at offset 0 as far as a slice's wait goes: at worst a slice
+        # waits MAX_WAIT_S for nothing, and this runs before every slice (no broker round trip here).
+        return priority.live_behind(live, consumer.highwater, next_live)
+
+    def next_live(tp: TP) -> int:
+        taken = in_order.resume_at(tp)
+        return taken if taken is not None else app.consumer.committed_offset(tp) or 0  # type: ignore[attr-defined]
 
     async def run_batch(batch: Sequence[faust.EventT]) -> None:
         if not started.is_set():
@@ -440,12 +495,16 @@ def build_app(settings: Settings) -> faust.App:
 
     @app.timer(5.0)
     async def watchdog() -> None:
-        """processors/liveness.py: resume a stalled partition; restart the worker if that did not help."""
+        """processors/liveness.py: resume a stalled partition (and read again what it fetched and never
+        handed over); restart the worker if that did not help."""
         consumer = app.consumer
         assigned = {tp for tp in consumer.assignment() if tp.topic in names}
         positions = {tp: await consumer.position(tp) for tp in assigned}
-        verdict = liveness.check(time.monotonic(), assigned, consumer.highwater, positions.get, app.rebalancing)
-        metrics.set_lag(lag_labels(names, liveness.lag(consumer.highwater, positions.get)))
+        nexts = await next_offsets(consumer, in_order, assigned)
+        verdict = liveness.check(
+            time.monotonic(), assigned, consumer.highwater, positions.get, app.rebalancing, nexts.get
+        )
+        metrics.set_lag(lag_labels(names, liveness.lag(consumer.highwater, positions.get, nexts.get)))
         # Historical partitions are watched for their lag only: one of them can take nothing for long while
         # its messages wait behind the others' in the history agent's one buffer (its fetch paused by
         # Faust's flow control), or behind live traffic; restarting the worker then only starts over (a
@@ -458,6 +517,11 @@ def build_app(settings: Settings) -> faust.App:
                         sorted(map(str, verdict.resume)), liveness.stall_after_s)
             consumer.resume_partitions(verdict.resume)
             consumer.resume_flow()
+            for tp in verdict.resume:
+                if tp in verdict.seek:
+                    log.warning("%s: fetched up to offset %s but took nothing from %d on; reading again from %d",
+                                tp, positions.get(tp), verdict.seek[tp], verdict.seek[tp])
+                    await consumer.seek(tp, verdict.seek[tp])
         if verdict.give_up:
             metrics.watchdog.inc("restart")
             reason = f"partitions {sorted(map(str, verdict.give_up))} stayed stalled after a resume"
@@ -467,12 +531,15 @@ def build_app(settings: Settings) -> faust.App:
     async def in_offset_order(batch: Sequence[faust.EventT]) -> list[faust.EventT]:
         """processors/ordering.py: the batch's messages that are their partition's next offset; the
         messages past a hole stay untaken (uncommitted) and :func:`seek_holes` reads the hole again."""
-        committed = getattr(app.consumer, "committed_offset", lambda _tp: None)
+        unknown = in_order.unknown({event.message.tp for event in batch})
+        if unknown:
+            for tp, start in (await resume_offsets(kafka_admin[0], app.consumer, app.conf.id, unknown)).items():
+                in_order.begin(tp, start)
         admitted = []
         now = time.monotonic()
         for event in batch:
             message = event.message
-            verdict = in_order.admit(message.tp, message.offset, committed(message.tp), now)
+            verdict = in_order.admit(message.tp, message.offset, now)
             if verdict is Admit.TAKE:
                 admitted.append(event)
                 liveness.taken(message.tp, message.offset, now)
@@ -501,6 +568,8 @@ def build_app(settings: Settings) -> faust.App:
         clear_ready(settings, "processor")
         if "producer" in edges:
             await edges["producer"].stop()
+        for client in kafka_admin:
+            await client.close()
         for runner in admin:
             await runner.cleanup()
         admin_file(settings).unlink(missing_ok=True)

@@ -7,11 +7,18 @@ lane before its earlier one). The transport never commits past the hole and even
 break docs/identity.md's invariant 2. So the agent admits a message only if it is the next offset of
 its partition; a message past a hole is left untaken (its ack ignored, its offset uncommitted) and the
 partition is sought back to the hole at once.
+
+Where a partition starts after its assignment must be known before its first message is admitted
+(:meth:`InOrder.begin`): the committed offset as the broker has it, or the log start for a partition that
+never committed. Faust's own record of committed offsets is empty until it seeks to them, and its fetcher
+delivers before that: a restarted worker took the first message it was handed as the start (offset 500)
+while 89..499 had been fetched and dropped, and committed past them (chaos (b), 411 of 20,000 events
+never stored, about 1 run in 12).
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable, Mapping
 from enum import Enum
 
 
@@ -32,15 +39,23 @@ class InOrder:
         self.holes: dict[Hashable, list[float]] = {}
 
     def reset(self) -> None:
-        """After a rebalance: where a partition resumes is its committed offset again."""
+        """After a rebalance: where a partition resumes is to be learned again (:meth:`begin`)."""
         self.next.clear()
         self.holes.clear()
 
-    def admit(self, tp: Hashable, offset: int, committed: int | None, now: float = 0.0) -> Admit:
-        """``committed``: the partition's committed offset (the next to read), for a partition this
-        worker has not taken a message of since it was assigned; None if unknown."""
-        expected = self.next.get(tp, committed)
-        if expected is None or offset == expected:
+    def unknown(self, partitions: Iterable[Hashable]) -> set[Hashable]:
+        """The partitions whose start :meth:`begin` has not been told since the last reset."""
+        return {tp for tp in partitions if tp not in self.next}
+
+    def begin(self, tp: Hashable, start: int) -> None:
+        """``start``: the first offset to take on ``tp`` since its assignment (where it resumes)."""
+        self.next.setdefault(tp, start)
+
+    def admit(self, tp: Hashable, offset: int, now: float = 0.0) -> Admit:
+        expected = self.next.get(tp)
+        if expected is None:
+            raise KeyError(f"{tp}: where it starts is not known (begin() it first)")
+        if offset == expected:
             self.next[tp] = offset + 1
             self.holes.pop(tp, None)
             return Admit.TAKE
@@ -50,8 +65,9 @@ class InOrder:
         hole[0], hole[1] = expected, now
         return Admit.GAP
 
-    def resume_at(self, tp: Hashable, committed: int | None) -> int | None:
-        return self.next.get(tp, committed)
+    def resume_at(self, tp: Hashable) -> int | None:
+        """The next offset to take on ``tp``; None before :meth:`begin`."""
+        return self.next.get(tp)
 
     def due_seeks(self, now: float) -> list[tuple[Hashable, int]]:
         """Partitions to seek back to their hole now. Not while messages past the hole still arrive: a
@@ -64,3 +80,13 @@ class InOrder:
                 hole[2] = now
                 due.append((tp, int(hole[0])))
         return due
+
+
+def start_offsets(
+    committed: Mapping[Hashable, int | None], log_start: Mapping[Hashable, int]
+) -> dict[Hashable, int]:
+    """Where each partition resumes after an assignment: its committed offset (None: the group never
+    committed it), but never below its log start, which is where the consumer reads from when the
+    committed offset is missing or was deleted by retention (``auto_offset_reset`` earliest). Below it,
+    the first message would be a hole forever: the seek back lands on deleted records."""
+    return {tp: max(c if c is not None else 0, log_start.get(tp, 0)) for tp, c in committed.items()}

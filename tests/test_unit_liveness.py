@@ -87,3 +87,82 @@ def test_a_partition_being_fetched_is_not_stalled_while_its_messages_wait_in_the
             break
     else:
         raise AssertionError("never resumed")
+
+
+def test_a_partition_whose_fetched_tail_was_dropped_is_stalled_and_read_again() -> None:
+    # Nothing taken since the assignment; Faust fetched the partition to its end but dropped what it
+    # fetched (nothing came after it to reveal the hole): the fetch position says caught up, the
+    # committed offset says 40 messages wait. Stalled: resumed and sought back to the committed offset,
+    # then given up (the worker restarts) if that did not help either.
+    live = Liveness(stall_after_s=10)
+
+    def verdict(now: float):
+        return live.check(now, [TP], lambda _tp: 100, lambda _tp: 100, False, lambda _tp: 60)
+
+    assert verdict(0.0).resume == []
+    first = verdict(11.0)
+    assert (first.resume, first.seek) == ([TP], {TP: 60})
+    assert live.lag(lambda _tp: 100, lambda _tp: 100, lambda _tp: 60) == {TP: 40}
+    assert verdict(22.0).give_up == [TP]
+    caught_up = Liveness(stall_after_s=10)  # committed at the end: nothing waits
+    assert caught_up.check(100.0, [TP], lambda _tp: 100, lambda _tp: 100, False, lambda _tp: 100).resume == []
+
+
+def test_a_dropped_tail_after_taken_messages_is_read_again_from_the_one_after_the_last_taken() -> None:
+    live = Liveness(stall_after_s=10)
+    live.taken(TP, 69, now=0.0)
+    # The committed offset (lagging what was taken) is not where the agents resume: 70 is.
+    verdict = live.check(11.0, [TP], lambda _tp: 100, lambda _tp: 100, False, lambda _tp: 60)
+    assert (verdict.resume, verdict.seek) == ([TP], {TP: 70})
+
+
+def test_a_stall_with_nothing_fetched_past_the_next_offset_is_only_resumed() -> None:
+    # A paused partition (fetch position at the next offset): resuming it is the cure; no seek.
+    live = Liveness(stall_after_s=10)
+    live.taken(TP, 69, now=0.0)
+    verdict = live.check(11.0, [TP], lambda _tp: 100, lambda _tp: 70, False)
+    assert (verdict.resume, verdict.seek) == ([TP], {})
+
+
+def test_a_partition_that_never_committed_without_a_known_start_counts_from_its_fetch_position() -> None:
+    # next_offset None (no committed offset, log start unknown this time): as before, the fetch position.
+    live = Liveness(stall_after_s=10)
+    assert live.check(100.0, [TP], lambda _tp: 100, lambda _tp: 100, False, lambda _tp: None).resume == []
+    assert live.check(111.0, [TP], lambda _tp: 100, lambda _tp: 100, False, lambda _tp: None).resume == []
+
+
+def test_partitions_served_in_turns_by_a_busy_worker_are_not_stalled() -> None:
+    # bench/restart.py under a backlog: aiokafka hands over one partition's fetch (~15,000 events) before the
+    # next one's, so each of 4 partitions stands still (position and taken) while the 3 others have their
+    # turns, 45 s here; the worker takes messages all along. No resume, no restart.
+    live = Liveness(stall_after_s=20, starved_after_s=180)
+    tps = ["p0", "p1", "p2", "p3"]
+    taken = dict.fromkeys(tps, 0)
+    for t in range(0, 170):
+        serving = tps[(t // 15) % 4]  # 15 s turns
+        taken[serving] += 1000
+        live.taken(serving, taken[serving], float(t))
+        verdict = live.check(float(t), tps, lambda _tp: 1_000_000, taken.get, False, lambda _tp: 0)
+        assert verdict.resume == verdict.give_up == [], t
+
+
+def test_a_partition_starved_beside_busy_ones_is_stalled_after_the_long_limit() -> None:
+    live = Liveness(stall_after_s=20, starved_after_s=180)
+    resumed_at = None
+    for t in range(0, 200):
+        live.taken("busy", t, float(t))
+        verdict = live.check(float(t), ["busy", "stuck"], lambda _tp: 1_000, {"busy": 1_000, "stuck": 50}.get, False,
+                             lambda _tp: 50)
+        if verdict.resume:
+            assert verdict.resume == ["stuck"]
+            resumed_at = t
+            break
+    assert resumed_at == 180
+
+
+def test_an_idle_worker_with_a_partition_behind_is_stalled_after_the_short_limit() -> None:
+    live = Liveness(stall_after_s=20, starved_after_s=180)
+    live.taken("other", 9, 0.0)  # the last message the worker took, of any partition
+    assert live.check(1.0, ["p"], lambda _tp: 100, lambda _tp: 60, False, lambda _tp: 60).resume == []
+    assert live.check(10.0, ["p"], lambda _tp: 100, lambda _tp: 60, False, lambda _tp: 60).resume == []
+    assert live.check(25.0, ["p"], lambda _tp: 100, lambda _tp: 60, False, lambda _tp: 60).resume == ["p"]

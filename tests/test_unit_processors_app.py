@@ -285,3 +285,109 @@ def test_the_changelog_serve_creates_is_the_one_faust_writes(tmp_path: Path) -> 
     changelog = build_app(settings).tables[TABLE].changelog_topic
     spec = changelog_spec(settings)
     assert (spec.name, spec.num_partitions) == (changelog.get_topic_name(), changelog.partitions)
+
+
+# -- the watchdog's next offsets: committed, else the log start, else unknown --------------------------------
+
+
+class _Offsets:
+    """The two consumer calls next_offsets makes: Faust's committed offset and the log start offsets."""
+
+    def __init__(self, committed: dict[str, int], earliest: dict[str, int] | None, fail: BaseException | None = None):
+        self.committed, self.earliest, self.fail, self.asked = committed, earliest, fail, []
+
+    def committed_offset(self, tp: str) -> int | None:
+        return self.committed.get(tp)
+
+    async def earliest_offsets(self, *tps: str) -> dict[str, int]:
+        self.asked.append(tps)
+        if self.fail is not None:
+            raise self.fail
+        return {tp: self.earliest[tp] for tp in tps}
+
+
+def test_next_offsets_are_taken_then_committed_then_the_log_start() -> None:
+    from processors.app import next_offsets
+    from processors.ordering import InOrder
+
+    in_order = InOrder()
+    in_order.begin("taken", 5)
+    for offset in (5, 6, 7):  # took 5..7 since the assignment (committed says 5 still): 8 next
+        in_order.admit("taken", offset)
+    consumer = _Offsets({"taken": 5, "committed": 40}, {"never": 12})
+    got = asyncio.run(next_offsets(consumer, in_order, ["taken", "committed", "never"]))
+    assert got == {"taken": 8, "committed": 40, "never": 12}
+    assert consumer.asked == [("never",)]  # the broker is asked only about partitions that never committed
+    quiet = _Offsets({"a": 1}, {})
+    assert asyncio.run(next_offsets(quiet, in_order, ["a"])) == {"a": 1} and quiet.asked == []
+
+
+def test_next_offsets_of_a_broker_that_does_not_answer_are_unknown() -> None:
+    from aiokafka.errors import KafkaConnectionError
+
+    from processors.app import next_offsets
+    from processors.ordering import InOrder
+
+    for fail in (KafkaConnectionError("broker down"), TimeoutError()):
+        consumer = _Offsets({"committed": 40}, None, fail)
+        got = asyncio.run(next_offsets(consumer, InOrder(), ["committed", "never"]))
+        assert got == {"committed": 40, "never": None}
+
+
+# -- where a partition resumes after its assignment: the broker's committed offset, never below the log start --
+
+
+class _Admin:
+    def __init__(self, committed: dict[tuple[str, int], int], fail_times: int = 0) -> None:
+        self.committed, self.fail_times, self.calls = committed, fail_times, 0
+
+    async def list_consumer_group_offsets(self, group: str, partitions: list[Any]) -> dict[Any, Any]:
+        from aiokafka.errors import KafkaConnectionError
+        from aiokafka.structs import OffsetAndMetadata
+
+        self.calls += 1
+        if self.calls <= self.fail_times:
+            raise KafkaConnectionError("coordinator away")
+        assert group == "g"
+        return {tp: OffsetAndMetadata(self.committed.get((tp.topic, tp.partition), -1), "") for tp in partitions}
+
+
+class _LogStarts:
+    def __init__(self, starts: dict[Any, int]) -> None:
+        self.starts = starts
+
+    def committed_offset(self, _tp: Any) -> None:  # Faust's record, empty before its seek: never consulted
+        raise AssertionError("resume_offsets must not trust Faust's committed offsets")
+
+    async def earliest_offsets(self, *tps: Any) -> dict[Any, int]:
+        return {tp: self.starts.get(tp, 0) for tp in tps}
+
+
+def test_partitions_resume_where_the_broker_says_not_where_the_first_message_is() -> None:
+    from faust.types import TP
+
+    from processors.app import resume_offsets
+
+    raw0, raw1, inbox0 = TP("raw", 0), TP("raw", 1), TP("inbox", 0)
+    admin = _Admin({("raw", 0): 89, ("raw", 1): 3})
+    got = asyncio.run(resume_offsets(admin, _LogStarts({raw1: 8, inbox0: 5}), "g", [raw0, raw1, inbox0]))
+    assert got == {raw0: 89, raw1: 8, inbox0: 5}  # committed; committed below the log start; never committed
+
+
+def test_where_partitions_resume_is_asked_again_then_the_error_raised() -> None:
+    from aiokafka.errors import KafkaConnectionError
+    from faust.types import TP
+
+    import processors.app as app_module
+
+    tp = TP("raw", 0)
+    flaky = _Admin({("raw", 0): 7}, fail_times=app_module.RESUME_ATTEMPTS - 1)
+    assert asyncio.run(app_module.resume_offsets(flaky, _LogStarts({}), "g", [tp], backoff_s=0)) == {tp: 7}
+    down = _Admin({}, fail_times=app_module.RESUME_ATTEMPTS)
+    try:
+        asyncio.run(app_module.resume_offsets(down, _LogStarts({}), "g", [tp], backoff_s=0))
+    except KafkaConnectionError:
+        pass
+    else:
+        raise AssertionError("a broker that never answers must fail the batch (held, the worker restarts)")
+    assert down.calls == app_module.RESUME_ATTEMPTS
