@@ -62,7 +62,7 @@ PROCESSING_GUARANTEE = "at_least_once"
 BATCH = 1000
 MAX_POLL_RECORDS = 500
 BATCH_WINDOW_S = 0.02
-LIST_OFFSETS_TIMEOUT_S = 2.0  # the watchdog's one broker round trip, for partitions that never committed
+LIST_OFFSETS_TIMEOUT_S = 2.0  # the watchdog's broker reads, for partitions that took nothing yet
 RESUME_ATTEMPTS = 3
 # Faust's default session timeout is 60 s: after a worker is SIGKILLed the group's rebalance waits that
 # long for the dead member, and with eager rebalancing every partition of every worker stalls meanwhile
@@ -317,48 +317,53 @@ def _dead(reason: str) -> protocol.Step:
     return step
 
 
-async def next_offsets(consumer: Any, in_order: InOrder, partitions: Iterable[TP]) -> dict[TP, int | None]:
-    """The next offset the agents take on each partition (processors/ordering.py): before they took any
-    of it, its committed offset, or the log start of one that never committed (None where the broker did
-    not answer in time: the watchdog then counts it from its fetch position this time)."""
-    nexts = {tp: in_order.resume_at(tp) for tp in partitions}
-    nexts = {tp: consumer.committed_offset(tp) if offset is None else offset for tp, offset in nexts.items()}
-    never = [tp for tp, offset in nexts.items() if offset is None]
-    if never:
-        try:
-            nexts.update(await asyncio.wait_for(consumer.earliest_offsets(*never), LIST_OFFSETS_TIMEOUT_S))
-        except (TimeoutError, KafkaError) as exc:
-            log.info("log start offsets of %d partitions unknown this time: %r", len(never), exc)
-    return nexts
+async def broker_starts(admin: Any, consumer: Any, group: str, partitions: Iterable[TP]) -> dict[TP, int]:
+    """Where each partition resumes after its assignment (processors/ordering.py, ``start_offsets``), read
+    from the broker once: the group's committed offsets and the log starts. Not from Faust's record of
+    committed offsets: it is empty until Faust seeks to them, and its fetcher delivers before that."""
+    tps = list(partitions)
+    found = await admin.list_consumer_group_offsets(
+        group, partitions=[TopicPartition(tp.topic, tp.partition) for tp in tps]
+    )
+    committed = {}
+    for tp in tps:
+        meta = found.get(TopicPartition(tp.topic, tp.partition))
+        committed[tp] = meta.offset if meta is not None and meta.offset >= 0 else None
+    return start_offsets(committed, await consumer.earliest_offsets(*tps))  # type: ignore[return-value]
 
 
 async def resume_offsets(
     admin: Any, consumer: Any, group: str, partitions: Iterable[TP], backoff_s: float = 1.0
 ) -> dict[TP, int]:
-    """Where each partition resumes after its assignment (processors/ordering.py, ``start_offsets``), from
-    the broker: the group's committed offsets and the log starts. Not from Faust's record of committed
-    offsets: it is empty until Faust seeks to them, and its fetcher delivers before that.
-
-    A round trip per assignment, not per message; retried a few times, then raised: the batch is held
-    and the worker restarts (nothing taken, nothing committed)."""
+    """:func:`broker_starts` for the first batch after an assignment: a round trip per assignment, not per
+    message; retried a few times, then raised: the batch is held and the worker restarts (nothing taken,
+    nothing committed)."""
     tps = list(partitions)
     for attempt in range(1, RESUME_ATTEMPTS + 1):
         try:
-            found = await admin.list_consumer_group_offsets(
-                group, partitions=[TopicPartition(tp.topic, tp.partition) for tp in tps]
-            )
-            committed = {}
-            for tp in tps:
-                meta = found.get(TopicPartition(tp.topic, tp.partition))
-                committed[tp] = meta.offset if meta is not None and meta.offset >= 0 else None
-            log_start = await consumer.earliest_offsets(*tps)
-            return start_offsets(committed, log_start)  # type: ignore[return-value]
+            return await broker_starts(admin, consumer, group, tps)
         except KafkaError as exc:
             if attempt == RESUME_ATTEMPTS:
                 raise
             log.warning("where %d partitions resume is unknown (%r); asking again", len(tps), exc)
             await asyncio.sleep(backoff_s * attempt)
     raise AssertionError("unreachable")
+
+
+async def next_offsets(
+    admin: Any, consumer: Any, group: str, in_order: InOrder, partitions: Iterable[TP]
+) -> dict[TP, int | None]:
+    """The next offset the agents take on each partition, for the watchdog: after the last one taken, or,
+    before any, where it resumes (:func:`broker_starts`; None where the broker did not answer in time:
+    the watchdog then counts it from its fetch position this time)."""
+    nexts = {tp: in_order.resume_at(tp) for tp in partitions}
+    unknown = [tp for tp, offset in nexts.items() if offset is None]
+    if unknown:
+        try:
+            nexts.update(await asyncio.wait_for(broker_starts(admin, consumer, group, unknown), LIST_OFFSETS_TIMEOUT_S))
+        except (TimeoutError, KafkaError) as exc:
+            log.info("where %d partitions resume is unknown this time: %r", len(unknown), exc)
+    return nexts
 
 
 def datadir(settings: Settings) -> Path:
@@ -497,10 +502,12 @@ def build_app(settings: Settings) -> faust.App:
     async def watchdog() -> None:
         """processors/liveness.py: resume a stalled partition (and read again what it fetched and never
         handed over); restart the worker if that did not help."""
+        if not started.is_set():  # its broker reads need start_edges' admin client
+            return
         consumer = app.consumer
         assigned = {tp for tp in consumer.assignment() if tp.topic in names}
         positions = {tp: await consumer.position(tp) for tp in assigned}
-        nexts = await next_offsets(consumer, in_order, assigned)
+        nexts = await next_offsets(kafka_admin[0], consumer, app.conf.id, in_order, assigned)
         verdict = liveness.check(
             time.monotonic(), assigned, consumer.highwater, positions.get, app.rebalancing, nexts.get
         )

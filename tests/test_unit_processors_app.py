@@ -287,67 +287,24 @@ def test_the_changelog_serve_creates_is_the_one_faust_writes(tmp_path: Path) -> 
     assert (spec.name, spec.num_partitions) == (changelog.get_topic_name(), changelog.partitions)
 
 
-# -- the watchdog's next offsets: committed, else the log start, else unknown --------------------------------
-
-
-class _Offsets:
-    """The two consumer calls next_offsets makes: Faust's committed offset and the log start offsets."""
-
-    def __init__(self, committed: dict[str, int], earliest: dict[str, int] | None, fail: BaseException | None = None):
-        self.committed, self.earliest, self.fail, self.asked = committed, earliest, fail, []
-
-    def committed_offset(self, tp: str) -> int | None:
-        return self.committed.get(tp)
-
-    async def earliest_offsets(self, *tps: str) -> dict[str, int]:
-        self.asked.append(tps)
-        if self.fail is not None:
-            raise self.fail
-        return {tp: self.earliest[tp] for tp in tps}
-
-
-def test_next_offsets_are_taken_then_committed_then_the_log_start() -> None:
-    from processors.app import next_offsets
-    from processors.ordering import InOrder
-
-    in_order = InOrder()
-    in_order.begin("taken", 5)
-    for offset in (5, 6, 7):  # took 5..7 since the assignment (committed says 5 still): 8 next
-        in_order.admit("taken", offset)
-    consumer = _Offsets({"taken": 5, "committed": 40}, {"never": 12})
-    got = asyncio.run(next_offsets(consumer, in_order, ["taken", "committed", "never"]))
-    assert got == {"taken": 8, "committed": 40, "never": 12}
-    assert consumer.asked == [("never",)]  # the broker is asked only about partitions that never committed
-    quiet = _Offsets({"a": 1}, {})
-    assert asyncio.run(next_offsets(quiet, in_order, ["a"])) == {"a": 1} and quiet.asked == []
-
-
-def test_next_offsets_of_a_broker_that_does_not_answer_are_unknown() -> None:
-    from aiokafka.errors import KafkaConnectionError
-
-    from processors.app import next_offsets
-    from processors.ordering import InOrder
-
-    for fail in (KafkaConnectionError("broker down"), TimeoutError()):
-        consumer = _Offsets({"committed": 40}, None, fail)
-        got = asyncio.run(next_offsets(consumer, InOrder(), ["committed", "never"]))
-        assert got == {"committed": 40, "never": None}
-
-
 # -- where a partition resumes after its assignment: the broker's committed offset, never below the log start --
 
 
 class _Admin:
-    def __init__(self, committed: dict[tuple[str, int], int], fail_times: int = 0) -> None:
-        self.committed, self.fail_times, self.calls = committed, fail_times, 0
+    def __init__(
+        self, committed: dict[tuple[str, int], int], fail_times: int = 0, error: BaseException | None = None
+    ) -> None:
+        self.committed, self.fail_times, self.calls, self.error = committed, fail_times, 0, error
+        self.asked: list[list[tuple[str, int]]] = []
 
     async def list_consumer_group_offsets(self, group: str, partitions: list[Any]) -> dict[Any, Any]:
         from aiokafka.errors import KafkaConnectionError
         from aiokafka.structs import OffsetAndMetadata
 
         self.calls += 1
+        self.asked.append(sorted((tp.topic, tp.partition) for tp in partitions))
         if self.calls <= self.fail_times:
-            raise KafkaConnectionError("coordinator away")
+            raise self.error or KafkaConnectionError("coordinator away")
         assert group == "g"
         return {tp: OffsetAndMetadata(self.committed.get((tp.topic, tp.partition), -1), "") for tp in partitions}
 
@@ -391,3 +348,41 @@ def test_where_partitions_resume_is_asked_again_then_the_error_raised() -> None:
     else:
         raise AssertionError("a broker that never answers must fail the batch (held, the worker restarts)")
     assert down.calls == app_module.RESUME_ATTEMPTS
+
+
+# -- the watchdog's next offsets: after the last taken, else where the partition resumes, else unknown ------
+
+
+def test_next_offsets_are_after_the_last_taken_else_where_the_broker_says_it_resumes() -> None:
+    from faust.types import TP
+
+    from processors.app import next_offsets
+    from processors.ordering import InOrder
+
+    taken, committed, never, deleted = TP("raw", 0), TP("raw", 1), TP("inbox", 0), TP("raw", 2)
+    in_order = InOrder()
+    in_order.begin(taken, 5)
+    for offset in (5, 6, 7):  # took 5..7 since the assignment (committed says 5 still): 8 next
+        in_order.admit(taken, offset)
+    admin = _Admin({("raw", 0): 5, ("raw", 1): 40, ("raw", 2): 3})
+    starts = _LogStarts({never: 12, deleted: 8})
+    got = asyncio.run(next_offsets(admin, starts, "g", in_order, [taken, committed, never, deleted]))
+    assert got == {taken: 8, committed: 40, never: 12, deleted: 8}
+    assert admin.asked == [[("inbox", 0), ("raw", 1), ("raw", 2)]]  # not about the partition that took some
+    quiet = _Admin({})
+    assert asyncio.run(next_offsets(quiet, starts, "g", in_order, [taken])) == {taken: 8} and quiet.asked == []
+
+
+def test_next_offsets_of_a_broker_that_does_not_answer_are_unknown() -> None:
+    from faust.types import TP
+
+    from processors.app import next_offsets
+    from processors.ordering import InOrder
+
+    taken, other = TP("raw", 0), TP("raw", 1)
+    in_order = InOrder()
+    in_order.begin(taken, 40)
+    for error in (None, TimeoutError()):  # a Kafka error, or no answer in time
+        admin = _Admin({}, fail_times=1, error=error)
+        got = asyncio.run(next_offsets(admin, _LogStarts({}), "g", in_order, [taken, other]))
+        assert got == {taken: 40, other: None}
