@@ -13,7 +13,7 @@ import stat
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -272,10 +272,6 @@ def render_summary(summary: Summary, seconds: float, interrupted: bool, this_run
 
 def _where(line: int, item: int) -> str:
     return f"line {line}" if item == 0 else f"line {line} item {item + 1}"
-
-
-def format_eta(seconds: float | None) -> str:
-    return "?" if seconds is None else str(timedelta(seconds=round(seconds)))
 
 
 def source_size(stream: IO[bytes]) -> int | None:
