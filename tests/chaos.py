@@ -174,13 +174,7 @@ class ChaosStack:
         return result
 
     def optimize(self) -> None:
-        from clickhouse_driver import Client as Native
-
-        from clickhouse.store import connection_args
-        from eventpipe.config import StoreURL
-
-        url = StoreURL.parse(self.stack.env["EVENTPIPE_CLICKHOUSE_URL"])
-        native = Native(**connection_args(url), database=url.database)
+        native = self.stack.clickhouse_client()
         try:
             native.execute("OPTIMIZE TABLE events FINAL")
         finally:

@@ -53,11 +53,8 @@ import pytest
 import ujson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from clickhouse_driver import Client
 from hypothesis import HealthCheck, Phase, given, seed, settings
 
-from clickhouse.store import connection_args
-from eventpipe.config import StoreURL
 from eventpipe.kafka import create_team, topics_for
 from eventpipe.teams import Team
 from processors.identity import personless_id
@@ -176,10 +173,6 @@ def _post_known(stack: Stack, body: dict[str, Any]) -> tuple[int, Any] | None:
 # -- waiting -------------------------------------------------------------------------------------------------
 
 
-def clickhouse(stack: Stack) -> Client:
-    return Client(**connection_args(StoreURL.parse(stack.clickhouse)), database=stack.database)
-
-
 def lag(stack: Stack) -> dict[str, int]:
     """Messages not yet committed by the processors (raw events, inbox) and by the sink (row topics)."""
     out: dict[str, int] = defaultdict(int)
@@ -219,7 +212,7 @@ def lag_by_partition(stack: Stack) -> dict[tuple[str, str, int], int]:
 
 def wait_until_stored(stack: Stack, expected: dict[int, int], timeout: float) -> None:
     """Every team's event rows (by uuid) in ClickHouse, then no lag anywhere: nothing left in flight."""
-    client = clickhouse(stack)
+    client = stack.clickhouse_client()
     try:
 
         def stored() -> bool:
@@ -315,7 +308,7 @@ def stored_outcomes(stack: Stack, teams: set[int]) -> tuple[dict[int, Outcome], 
     and per team the problems an Outcome cannot show (two rows of one key at one version that differ, an
     event whose copies resolve to different persons)."""
     problems: dict[int, list[str]] = defaultdict(list)
-    client = clickhouse(stack)
+    client = stack.clickhouse_client()
     try:
         q = client.execute
         mapping = {(int(t), d): p for t, d, p in q(

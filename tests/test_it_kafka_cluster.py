@@ -22,10 +22,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
-from clickhouse_driver import Client
 
-from clickhouse.store import connection_args
-from eventpipe.config import StoreURL
 from tests.stack import Stack, poll
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(600)]
@@ -172,8 +169,7 @@ def test_a_broker_killed_under_load_loses_nothing(cluster: Cluster, clickhouse_s
         drained = time.monotonic() - t_stream_end
         row = stack.sql("SELECT uniqExact(uuid) AS u, count() AS c FROM events")[0]
         unique, before = int(row["u"]), int(row["c"])
-        url = StoreURL.parse(f"{stack.clickhouse}/{stack.database}")
-        client = Client(**connection_args(url), database=stack.database)
+        client = stack.clickhouse_client()
         try:
             client.execute("OPTIMIZE TABLE events FINAL")
         finally:
